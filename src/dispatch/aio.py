@@ -1,0 +1,40 @@
+"""The asynchronous API: the same names and parameters as :mod:`dispatch`, as coroutines.
+
+Use these from your own event loop (an orchestration service, an async notebook)::
+
+    import dispatch.aio as dx
+
+    async with dx.Pool(max_connections_per_host=4):
+        results = await dx.run_many("nvidia-smi -L", ["gpu1", "gpu2"])
+"""
+
+from __future__ import annotations
+
+# Each module lists its public names in ``__all__``; this module is their union.
+from . import config as _config
+from . import errors as _errors
+from . import hardware as _hardware
+from . import results as _results
+from . import ship as _ship
+from . import slurm as _slurm
+from . import solve as _solve
+from . import ssh as _ssh
+from .config import *  # noqa: F403
+from .errors import *  # noqa: F403
+from .hardware import *  # noqa: F403
+from .results import *  # noqa: F403
+from .ship import *  # noqa: F403
+from .slurm import *  # noqa: F403
+from .solve import *  # noqa: F403
+from .ssh import *  # noqa: F403
+
+__all__ = [
+    *_results.__all__,
+    *_errors.__all__,
+    *_ssh.__all__,
+    *_slurm.__all__,
+    *_hardware.__all__,
+    *_config.__all__,
+    *_solve.__all__,
+    *_ship.__all__,
+]

@@ -1,0 +1,107 @@
+"""Shared fixtures: the testbed (real sshd + SLURM on loopback) and its settings."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """What `scripts/testbed env` exports, as typed fields."""
+
+    env: dict[str, str]
+    ssh_config: Path
+    known_hosts: Path
+    state_dir: Path
+    ssh_port: int
+    user: str
+    user2: str
+    plain: str
+    plain2: str
+    root_host: str
+    slurm: str
+    fleet: list[str] = field(default_factory=list)
+
+    @property
+    def client_key(self) -> Path:
+        return Path(self.env["DISPATCH_TESTBED_KEY"])
+
+    @property
+    def wrong_key(self) -> Path:
+        return Path(self.env["DISPATCH_TESTBED_WRONG_KEY"])
+
+    def ssh_argv(self, host: str) -> list[str]:
+        """An OpenSSH client command line for ``host`` (for comparisons in tests)."""
+        return ["ssh", "-F", str(self.ssh_config), host]
+
+
+def _read_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith("DISPATCH_")}
+    if "DISPATCH_SSH_CONFIG" in env and "DISPATCH_TESTBED_DIR" in env:
+        return env
+    try:
+        out = subprocess.run(
+            [str(ROOT / "scripts" / "testbed"), "env"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return env
+    for line in out.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            parsed = shlex.split(value)
+            env[key] = parsed[0] if parsed else ""
+    return env
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("DISPATCH_REQUIRE_TESTBED") == "1":
+        pytest.fail(f"testbed required (DISPATCH_REQUIRE_TESTBED=1) but {reason}", pytrace=False)
+    pytest.skip(f"testbed not available: {reason} (run `scripts/testbed up`)")
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Testbed:
+    """The running testbed; fails under DISPATCH_REQUIRE_TESTBED=1 when it is not up."""
+    env = _read_env()
+    config = env.get("DISPATCH_SSH_CONFIG")
+    if not config or not Path(config).is_file():
+        _unavailable("no ssh config from `scripts/testbed env`")
+    port = int(env.get("DISPATCH_TESTBED_SSH_PORT", "0"))
+    if not _port_open(port):
+        _unavailable(f"nothing listens on 127.0.0.1:{port}")
+    # The library reads these; tests never touch ~/.ssh.
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return Testbed(
+        env=env,
+        ssh_config=Path(env["DISPATCH_SSH_CONFIG"]),
+        known_hosts=Path(env["DISPATCH_KNOWN_HOSTS"]),
+        state_dir=Path(env["DISPATCH_TESTBED_DIR"]),
+        ssh_port=port,
+        user=env["DISPATCH_TESTBED_USER"],
+        user2=env["DISPATCH_TESTBED_USER2"],
+        plain=env["DISPATCH_TESTBED_PLAIN"],
+        plain2=env["DISPATCH_TESTBED_PLAIN2"],
+        root_host=env["DISPATCH_TESTBED_ROOT_HOST"],
+        slurm=env["DISPATCH_TESTBED_SLURM"],
+        fleet=env.get("DISPATCH_TESTBED_FLEET", "").split(),
+    )
