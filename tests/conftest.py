@@ -6,6 +6,7 @@ import os
 import shlex
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 @dataclass(frozen=True)
 class Testbed:
     """What `scripts/testbed env` exports, as typed fields."""
+
+    __test__ = False  # not a test class, though test modules import it
 
     env: dict[str, str]
     ssh_config: Path
@@ -43,6 +46,51 @@ class Testbed:
     def ssh_argv(self, host: str) -> list[str]:
         """An OpenSSH client command line for ``host`` (for comparisons in tests)."""
         return ["ssh", "-F", str(self.ssh_config), host]
+
+    # --- the SLURM cluster (see `scripts/testbed env`) ---------------------------------
+    def _words(self, key: str, default: str) -> list[str]:
+        return self.env.get(key, default).split()
+
+    @property
+    def slurm_conf(self) -> Path:
+        default = str(self.state_dir / "slurm" / "slurm.conf")
+        return Path(self.env.get("DISPATCH_TESTBED_SLURM_CONF", default))
+
+    @property
+    def partitions(self) -> list[str]:
+        return self._words("DISPATCH_TESTBED_PARTITIONS", "gpu cpu")
+
+    @property
+    def gpu_partition(self) -> str:
+        return self.env.get("DISPATCH_TESTBED_GPU_PARTITION", "gpu")
+
+    @property
+    def cpu_partition(self) -> str:
+        return self.env.get("DISPATCH_TESTBED_CPU_PARTITION", "cpu")
+
+    @property
+    def default_partition(self) -> str:
+        return self.env.get("DISPATCH_TESTBED_DEFAULT_PARTITION", self.cpu_partition)
+
+    @property
+    def nodes(self) -> list[str]:
+        return self._words("DISPATCH_TESTBED_NODES", "node1 node2 node3 node4")
+
+    @property
+    def gpu_nodes(self) -> list[str]:
+        return self._words("DISPATCH_TESTBED_GPU_NODES", "node1 node2")
+
+    @property
+    def cpu_nodes(self) -> list[str]:
+        return self._words("DISPATCH_TESTBED_CPU_NODES", "node3 node4")
+
+    @property
+    def gpu_type(self) -> str:
+        return self.env.get("DISPATCH_TESTBED_GPU_TYPE", "h100")
+
+    @property
+    def gpus_per_node(self) -> int:
+        return int(self.env.get("DISPATCH_TESTBED_GPUS_PER_NODE", "4"))
 
 
 def _read_env() -> dict[str, str]:
@@ -105,3 +153,38 @@ def testbed() -> Testbed:
         slurm=env["DISPATCH_TESTBED_SLURM"],
         fleet=env.get("DISPATCH_TESTBED_FLEET", "").split(),
     )
+
+
+def _slurm_answer(testbed: Testbed) -> tuple[bool, str]:
+    """Ask the SLURM login host, as the test user over the testbed's sshd, for node states."""
+    argv = [*testbed.ssh_argv(testbed.slurm), "sinfo -h -N -o '%N %t'"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    if proc.returncode != 0:
+        return False, (proc.stderr or proc.stdout).strip()
+    states = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
+    unready = {
+        n: st for n, st in states.items()
+        if st.endswith("*") or st.startswith(("unk", "down", "fail", "drain", "drng"))
+    }  # fmt: skip
+    if not states or unready:
+        return False, f"nodes not ready: {unready or 'none listed'}"
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def slurm_ready(testbed: Testbed) -> Testbed:
+    """The testbed with SLURM answering `sinfo` and every node usable (polled, bounded).
+
+    Fails under DISPATCH_REQUIRE_TESTBED=1 when SLURM is not up, skips otherwise.
+    """
+    deadline = time.monotonic() + float(os.environ.get("DISPATCH_SLURM_READY_TIMEOUT", "30"))
+    while True:
+        ok, why = _slurm_answer(testbed)
+        if ok:
+            return testbed
+        if time.monotonic() >= deadline:
+            _unavailable(f"SLURM is not ready: {why}")
+        time.sleep(0.5)
