@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import logging
@@ -131,10 +132,8 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     except BaseException:
         if not future.done():
             future.cancel()
-            try:
+            with contextlib.suppress(BaseException):  # already propagating an error
                 future.result(timeout=10)
-            except BaseException:  # noqa: S110 - we are already propagating an error
-                pass
         raise
 
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 from . import config as _config
 from . import errors as _errors
 from . import hardware as _hardware
+from . import repl as _repl
 from . import results as _results
-from . import ship as _ship
+from . import shipping as _shipping
 from . import slurm as _slurm
 from . import solve as _solve
 from . import ssh as _ssh
 from .config import *  # noqa: F403
 from .errors import *  # noqa: F403
 from .hardware import *  # noqa: F403
+from .repl import *  # noqa: F403
 from .results import *  # noqa: F403
-from .ship import *  # noqa: F403
+from .shipping import *  # noqa: F403
 from .slurm import *  # noqa: F403
 from .solve import *  # noqa: F403
 from .ssh import *  # noqa: F403
@@ -36,5 +38,6 @@ __all__ = [
     *_hardware.__all__,
     *_config.__all__,
     *_solve.__all__,
-    *_ship.__all__,
+    *_shipping.__all__,
+    *_repl.__all__,
 ]

@@ -11,10 +11,12 @@ __all__ = ["RunResult", "TunnelResult"]
 class RunResult:
     """Result of a remote command execution.
 
-    ``returncode`` follows ``ssh``: the remote exit status, 255 when the connection could
-    not be made, -1 when ``timeout`` expired (the remote process was killed). When the
-    connection broke after the command started, ``may_have_run`` is True: the command was
-    *not* re-run, because it may already have had its effect.
+    ``returncode`` follows ``ssh``: the remote exit status (128 + N when the remote
+    command was killed by signal N), 255 when the connection could not be made, -1 when
+    ``timeout`` expired (the remote process tree was killed). Output is decoded as UTF-8
+    with replacement characters. When the connection broke after the command started,
+    ``may_have_run`` is True (returncode 255): the command was *not* re-run, because it
+    may already have had its effect.
     """
 
     returncode: int

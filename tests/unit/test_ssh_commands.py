@@ -1,0 +1,130 @@
+"""Command building (quoting, login shell wrapper), the remote kill script, argument checks.
+
+The wrapper and kill script are executed by a local /bin/sh here: what sshd would hand
+to the user's shell is run the same way, so quoting is proven, not just inspected.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+
+import pytest
+
+from dispatch.errors import InvalidValueError
+from dispatch.results import RunResult, TunnelResult
+from dispatch.ssh.commands import command_string, kill_script, wrap_command
+from dispatch.ssh.pool import Pool
+from dispatch.ssh.tunnel import _bad_args
+
+HOSTILE = [
+    "it's",
+    'say "hi"',
+    "a; touch /tmp/dispatch-pwned",
+    "$(touch /tmp/dispatch-pwned)",
+    "`touch /tmp/dispatch-pwned`",
+    "line1\nline2",
+    "  spaces  ",
+    "ünïcödé ✓",
+    "*",
+    "$HOME",
+    "\\",
+    "",
+]
+
+
+def _sh(command: str, *, shell: str = "/bin/sh") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SHELL": shell}
+    return subprocess.run(
+        ["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=20
+    )
+
+
+def test_list_commands_are_quoted_argument_by_argument() -> None:
+    assert shlex.split(command_string(["printf", "%s|", *HOSTILE])) == ["printf", "%s|", *HOSTILE]
+    assert command_string("echo $HOME") == "echo $HOME"
+
+
+@pytest.mark.parametrize("login_shell", [True, False])
+def test_wrapper_passes_hostile_arguments_literally(login_shell: bool) -> None:
+    text = command_string(["printf", "%s\\0", *HOSTILE])
+    proc = _sh(wrap_command(text, "abc123", login_shell=login_shell), shell="/bin/bash")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\0")[:-1] == HOSTILE
+    assert not os.path.exists("/tmp/dispatch-pwned")
+
+
+def test_wrapper_keeps_exit_status_stdin_and_tags_environment() -> None:
+    wrapped = wrap_command('read x; echo "$x/$DISPATCH_RUN_ID"; exit 7', "tag1", login_shell=False)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", wrapped], input="in\n", capture_output=True, text=True,
+        env={**os.environ, "SHELL": "/bin/sh"}, timeout=20,
+    )
+    assert proc.returncode == 7
+    assert proc.stdout == "in/tag1\n"
+
+
+def test_kill_script_kills_tagged_tree_only() -> None:
+    tagged = subprocess.Popen(
+        ["env", "DISPATCH_RUN_ID=killme", "/bin/sh", "-c", "sleep 300 & sleep 300; wait"],
+        start_new_session=True,
+    )
+    other = subprocess.Popen(["env", "DISPATCH_RUN_ID=other", "sleep", "300"])
+    try:
+        deadline = time.monotonic() + 10
+        while _sh("pgrep -f 'sleep 300' | wc -l").stdout.strip() in ("", "0", "1", "2"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc = _sh(kill_script("killme"))
+        assert proc.returncode == 0, proc.stderr
+        assert tagged.wait(timeout=10) != 0
+        assert other.poll() is None  # an untagged process is left alone
+        left = _sh("grep -lzxF DISPATCH_RUN_ID=killme /proc/[0-9]*/environ 2>/dev/null").stdout
+        assert left == ""
+    finally:
+        for p in (tagged, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["ls", 3], b"ls", "a\x00b"])
+def test_bad_commands_raise(bad: object) -> None:
+    with pytest.raises(InvalidValueError):
+        command_string(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("local", "remote", "rhost", "fragment"),
+    [
+        (0, 80, "localhost", "invalid local_port 0"),
+        (70000, 80, "localhost", "invalid local_port 70000"),
+        ("8080", 80, "localhost", "invalid local_port '8080'"),
+        (True, 80, "localhost", "invalid local_port True"),
+        (8080, -1, "localhost", "invalid remote_port -1"),
+        (8080, 80, "-oProxyCommand=x", "invalid remote_host"),
+        (8080, 80, "two words", "invalid remote_host"),
+    ],
+)
+def test_tunnel_argument_checks(
+    local: object, remote: object, rhost: object, fragment: str
+) -> None:
+    msg = _bad_args("host", local, remote, rhost)
+    assert msg is not None and fragment in msg
+    assert _bad_args("host", 8080, 80, "node12") is None
+
+
+def test_result_types() -> None:
+    r = RunResult(0, "out", "")
+    assert r.ok and not r.may_have_run
+    assert not RunResult(255, "", "x", may_have_run=True).ok
+    t = TunnelResult(0, 1, ["ssh"], local_port=1)
+    assert t.ok and t.stderr == ""
+
+
+@pytest.mark.parametrize("kw", ["max_channels_per_connection", "max_connections_per_host"])
+def test_pool_rejects_bad_limits(kw: str) -> None:
+    with pytest.raises(ValueError, match=kw):
+        Pool(**{kw: 0})
