@@ -1,0 +1,285 @@
+"""SLURM queries over the SSH pool: thin async wrappers around the pure parsers.
+
+Every query is read-only, so a query whose connection broke is retried once; ``scancel`` is
+not (cancelling is harmless to repeat, but the caller decides). Values that reach a
+remote command line are validated (job ids are ints) or passed as ``--opt=value`` argv
+items, which ``run`` quotes one by one.
+"""
+
+# The documented API takes timeout= (seconds for the SSH calls), not asyncio.timeout.
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from ..errors import InvalidValueError
+from ..results import RunResult
+from ..ssh.commands import run
+from . import parse
+from .models import (
+    JobInfo,
+    JobInfoResult,
+    JobStatus,
+    NodeInfo,
+    PartitionInfo,
+    QueueResult,
+    StatusResult,
+)
+from .states import is_running, is_terminal
+
+__all__ = [
+    "status",
+    "cancel",
+    "job_info",
+    "queue",
+    "partitions",
+    "partition_nodes",
+    "node_info",
+    "nodes_info",
+    "available_gpus",
+]
+
+log = logging.getLogger(__name__)
+
+#: Read-only queries are retried this many times when the connection broke.
+QUERY_RETRIES = 1
+#: Node names per ``scontrol show node`` call in :func:`nodes_info`.
+NODES_PER_CALL = 50
+#: How long :func:`job_info` waits for slurmdbd to record the end of a job squeue forgot.
+SACCT_SETTLE_SECONDS = 20.0
+
+# squeue's answer for a job id it no longer knows (MinJobAge passed).
+_UNKNOWN_JOB = re.compile(r"Invalid job id specified", re.IGNORECASE)
+# Node, partition and user names: what SLURM itself allows (no spaces, no shell metachars).
+_NAME = re.compile(r"^[A-Za-z0-9_.\[\]:@+-][A-Za-z0-9_.\[\],:@+-]*$")
+
+
+def check_job_id(job_id: int) -> int:
+    """Return ``job_id`` if it is a positive int; raise InvalidValueError naming it otherwise."""
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+        raise InvalidValueError(f"job_id must be a positive int, got {job_id!r}")
+    return job_id
+
+
+def check_name(kind: str, value: str) -> str:
+    """Validate a node/partition/user name before it reaches a command line."""
+    if not isinstance(value, str) or not _NAME.match(value) or value.startswith("-"):
+        raise InvalidValueError(f"invalid SLURM {kind} name {value!r}")
+    return value
+
+
+def _argv(command: str, args: list[str] | tuple[str, ...]) -> list[str]:
+    """``[command, *args]``, tolerating arg constants that already start with the command."""
+    items = list(args)
+    if items and items[0] == command:
+        return items
+    return [command, *items]
+
+
+async def query(argv: list[str], host: str, timeout: float | None) -> RunResult:
+    """Run a read-only SLURM command (retried once if the connection broke)."""
+    return await run(argv, host, timeout=timeout, retries=QUERY_RETRIES)
+
+
+def _forgotten(result: RunResult) -> bool:
+    """True when squeue failed only because it no longer knows the job id(s)."""
+    return result.returncode == 1 and bool(_UNKNOWN_JOB.search(result.stderr))
+
+
+def _pick(rows: list[JobStatus]) -> JobStatus:
+    """One status for a job id with several rows (array tasks): a running row first."""
+    return next((r for r in rows if is_running(r.state)), rows[0])
+
+
+async def squeue_jobs(
+    job_ids: list[int], host: str, timeout: float | None = None
+) -> tuple[dict[int, JobStatus], RunResult]:
+    """One ``squeue --jobs=a,b,c`` call -> status by asked id; forgotten jobs are absent.
+
+    ``--states=all`` keeps jobs that just ended (for MinJobAge) with their final state.
+    When slurmctld has forgotten every id, the result is returncode 0 with empty stderr.
+    """
+    jobs, result, _ = await _squeue_jobs(job_ids, host, timeout)
+    return jobs, result
+
+
+async def _squeue_jobs(
+    job_ids: list[int], host: str, timeout: float | None
+) -> tuple[dict[int, JobStatus], RunResult, bool]:
+    """Like :func:`squeue_jobs`, plus whether slurmctld has forgotten all the ids."""
+    ids = ",".join(str(check_job_id(j)) for j in job_ids)
+    argv = _argv("squeue", [*parse.SQUEUE_ARGS, "--states=all", f"--jobs={ids}"])
+    result = await query(argv, host, timeout)
+    if _forgotten(result):
+        # Every id has left squeue: that is an answer, not a failure.
+        return {}, RunResult(0, result.stdout, ""), True
+    if not result.ok:
+        return {}, result, False
+    wanted = set(job_ids)
+    rows: dict[int, list[JobStatus]] = {}
+    for row in parse.parse_squeue_rows(result.stdout):
+        for job_id in row.ids & wanted:
+            rows.setdefault(job_id, []).append(row.status)
+    return {job_id: _pick(group) for job_id, group in rows.items()}, result, False
+
+
+async def status(job_id: int, host: str, timeout: float | None = None) -> StatusResult:
+    """Status of one job from squeue; ``job`` is None (and no error) once it left squeue.
+
+    A job that ended less than MinJobAge ago is shown with its final state.
+    """
+    jobs, result = await squeue_jobs([job_id], host, timeout)
+    return StatusResult(jobs.get(job_id), result)
+
+
+async def cancel(job_id: int, host: str, timeout: float | None = None) -> RunResult:
+    """Cancel a job with ``scancel``."""
+    return await run(["scancel", str(check_job_id(job_id))], host, timeout=timeout)
+
+
+def base_job_id(step_id: str) -> str:
+    """``"123"`` for ``123``, ``123.batch``, ``123.0``, ``123+1`` (heterogeneous) and ``123_4``."""
+    return re.split(r"[._+]", step_id, maxsplit=1)[0]
+
+
+def group_steps(steps: list[JobInfo]) -> dict[str, list[JobInfo]]:
+    """sacct rows grouped by the job id they belong to."""
+    grouped: dict[str, list[JobInfo]] = {}
+    for step in steps:
+        grouped.setdefault(base_job_id(step.job_id), []).append(step)
+    return grouped
+
+
+async def sacct_jobs(
+    job_ids: list[int], host: str, timeout: float | None = None
+) -> tuple[dict[str, list[JobInfo]], RunResult]:
+    """One ``sacct -j a,b,c`` call, rows grouped by job id."""
+    ids = ",".join(str(check_job_id(j)) for j in job_ids)
+    result = await query(_argv("sacct", [*parse.SACCT_ARGS, f"--jobs={ids}"]), host, timeout)
+    if not result.ok:
+        return {}, result
+    return group_steps(parse.parse_sacct(result.stdout)), result
+
+
+def main_step(steps: list[JobInfo]) -> JobInfo | None:
+    """The job's own row (no step suffix), as :attr:`JobInfoResult.main` picks it."""
+    return JobInfoResult(steps, RunResult(0, "", "")).main
+
+
+def is_final(steps: list[JobInfo]) -> bool:
+    """True when sacct has recorded a terminal state for the job itself.
+
+    A row without a partition is slurmdbd's placeholder (named "allocation") for a job
+    whose step records arrived before its start record: not final yet.
+    """
+    main = main_step(steps)
+    return main is not None and is_terminal(main.state) and bool(main.partition)
+
+
+async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobInfoResult:
+    """Accounting info (sacct) for a job, including finished ones.
+
+    Right after a job ends slurmdbd may still have no row, or the row may still say
+    RUNNING. When slurmctld still knows the job and says it is over, this retries briefly
+    (up to ``SACCT_SETTLE_SECONDS``) until sacct records a final state. A job slurmctld
+    has forgotten (or never had) is answered at once.
+    """
+    check_job_id(job_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SACCT_SETTLE_SECONDS
+    delay = 0.25
+    while True:
+        grouped, result = await sacct_jobs([job_id], host, timeout)
+        steps = grouped.get(str(job_id), [])
+        if not result.ok or is_final(steps):
+            return JobInfoResult(steps, result)
+        jobs, sq_result, forgotten = await _squeue_jobs([job_id], host, timeout)
+        job = jobs.get(job_id)
+        over = sq_result.ok and not forgotten and (job is None or is_terminal(job.state))
+        if not over or loop.time() >= deadline:
+            return JobInfoResult(steps, result)
+        log.debug("job %s is over but sacct has no final state yet; retrying", job_id)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def queue(host: str, user: str | None = None, timeout: float | None = None) -> QueueResult:
+    """All jobs in squeue (or only ``user``'s)."""
+    args = list(parse.SQUEUE_ARGS)
+    if user is not None:
+        args.append(f"--user={check_name('user', user)}")
+    result = await query(_argv("squeue", args), host, timeout)
+    jobs = parse.parse_squeue(result.stdout) if result.ok else []
+    return QueueResult(jobs, result)
+
+
+async def partitions(host: str, timeout: float | None = None) -> list[PartitionInfo]:
+    """Every partition (one sinfo call); empty when the query failed."""
+    result = await query(_argv("sinfo", parse.SINFO_PARTITION_ARGS), host, timeout)
+    if not result.ok:
+        log.warning("sinfo on %s failed: %s", host, result.stderr.strip())
+        return []
+    return parse.parse_sinfo_partitions(result.stdout)
+
+
+async def partition_nodes(partition: str, host: str, timeout: float | None = None) -> list[str]:
+    """Node names (``%N``, not hostnames) of a partition."""
+    args = [*parse.SINFO_NODES_ARGS, f"--partition={check_name('partition', partition)}"]
+    result = await query(_argv("sinfo", args), host, timeout)
+    if not result.ok:
+        log.warning("sinfo on %s failed: %s", host, result.stderr.strip())
+        return []
+    return parse.parse_partition_nodes(result.stdout)
+
+
+async def _scontrol_nodes(
+    names: list[str], host: str, timeout: float | None
+) -> dict[str, NodeInfo]:
+    """One ``scontrol show node a,b,c``. Unknown names only add "Node x not found" lines
+    (and exit status 1): the nodes that exist are still printed, so they are kept."""
+    argv = _argv("scontrol", [*parse.SCONTROL_NODE_ARGS, ",".join(names)])
+    result = await query(argv, host, timeout)
+    if result.returncode in (-1, 255):
+        log.debug("scontrol show node on %s failed: %s", host, result.stderr.strip())
+        return {}
+    return parse.parse_scontrol_nodes(result.stdout)
+
+
+async def node_info(nodename: str, host: str, timeout: float | None = None) -> NodeInfo | None:
+    """One node's info from scontrol, or None when it does not exist."""
+    nodes = await _scontrol_nodes([check_name("node", nodename)], host, timeout)
+    return nodes.get(nodename)
+
+
+async def nodes_info(
+    nodenames: list[str], host: str, timeout: float | None = None
+) -> dict[str, NodeInfo]:
+    """Info for many nodes: chunks of ``NODES_PER_CALL`` names, one scontrol call each,
+    run concurrently. Nodes that could not be looked up are left out."""
+    names = list(dict.fromkeys(check_name("node", n) for n in nodenames))
+    chunks = [names[i : i + NODES_PER_CALL] for i in range(0, len(names), NODES_PER_CALL)]
+    found: dict[str, NodeInfo] = {}
+    for part in await asyncio.gather(*(_scontrol_nodes(c, host, timeout) for c in chunks)):
+        found.update(part)
+    wanted = set(names)
+    return {name: info for name, info in found.items() if name in wanted}
+
+
+async def available_gpus(
+    partition: str, host: str, gpu_type: str | None = None, timeout: float | None = None
+) -> list[tuple[str, int]]:
+    """(node, free GPUs) in a partition from ONE sinfo call, most free first.
+
+    Nodes that are down, drained or failing do not count.
+    """
+    if gpu_type is not None:
+        check_name("GPU type", gpu_type)
+    args = [*parse.SINFO_GPU_ARGS, f"--partition={check_name('partition', partition)}"]
+    result = await query(_argv("sinfo", args), host, timeout)
+    if not result.ok:
+        log.warning("sinfo on %s failed: %s", host, result.stderr.strip())
+        return []
+    free = parse.parse_available_gpus(result.stdout, gpu_type)
+    return sorted(free, key=lambda item: (-item[1], item[0]))
