@@ -1,3 +1,398 @@
-"""Placeholder: filled in by its issue."""
+"""The hardware solver: pick the host (and SLURM partition) for a :class:`HardwareRequest`.
 
-__all__: list[str] = []
+Rules, in order:
+
+- Hosts are tried in ``priority`` order, then the rest in config order; an
+  ``interactive`` request tries plain hosts before SLURM hosts (stable in that order).
+- ``preferred_clusters`` (when non-empty) keeps only hosts of those clusters;
+  ``forbidden_clusters`` drops hosts of those clusters.
+- CPU-only requests (``min_chips == 0``) go to the first plain host, or to a SLURM host's
+  first ``cpu_partitions`` entry.
+- A plain host satisfies a GPU request when its configured count of the chip is at least
+  ``min_chips``; with ``check_availability``, when that many of its GPUs are free (a GPU
+  is busy when its compute processes use >= 10 % of its memory).
+- A SLURM host needs the chip in ``gres_mapping``, must allow that many in its ``chips``
+  limits (when set), and needs a partition (configured ones, default first; all of
+  sinfo's when none are configured) whose nodes carry that GRES type; with
+  ``check_availability``, a node in it with ``min_chips`` free GPUs (``available_gpus``).
+- When nothing satisfies the request, the SLURM host with the most available chips of
+  the kind is chosen (the job will queue there).
+
+Plain hosts need no I/O unless ``check_availability``; each SLURM host is asked once
+(``sinfo -o %P|%G``) which partitions carry which GRES, even without it. All I/O for all
+candidate hosts runs concurrently (``asyncio.gather``), so a solve costs about one round
+trip. The I/O is behind :class:`AvailabilitySource`, injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .config import DispatchConfig, PlainHostConfig, RemoteInventory, SlurmHostConfig
+from .errors import DispatchError, SolveError
+from .gpu import (
+    COMPUTE_APPS_QUERY,
+    GPU_UUID_QUERY,
+    free_gpu_count,
+    parse_compute_apps,
+    parse_gpu_memory,
+)
+from .hardware import SUPPORTED_CHIPS, Chip, HardwareRequest, HardwareResult
+
+__all__ = ["SolveResult", "solve_or_raise"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """Result of solving for hardware allocation.
+
+    ``rejections`` says, per host, why it was not chosen; ``fallback`` is True when no
+    host satisfied the request and the SLURM host with the most availability was taken.
+    """
+
+    result: HardwareResult | None
+    host_name: str | None
+    host_config: PlainHostConfig | SlurmHostConfig | None
+    is_slurm: bool
+    partition: str | None
+    rejections: dict[str, str] = field(default_factory=dict, kw_only=True)
+    fallback: bool = field(default=False, kw_only=True)
+
+
+class AvailabilitySource(Protocol):
+    """Where the solver's facts about live hosts come from (SSH by default; fakes in tests)."""
+
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> int:
+        """Number of free GPUs on a plain host; raise DispatchError if it cannot tell."""
+        ...
+
+    async def partition_gres(self, ssh: str, seconds: float) -> dict[str, set[str]]:
+        """Partition -> GPU GRES types its nodes carry, on a SLURM host."""
+        ...
+
+    async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
+                              seconds: float) -> list[tuple[str, int]]:
+        """(node, free GPUs of ``gres_type``) in a partition, most free first."""
+        ...
+
+
+_MARK = "--dispatch-compute-apps--"
+
+
+class SshAvailability:
+    """The real :class:`AvailabilitySource`: nvidia-smi on plain hosts, sinfo on SLURM."""
+
+    def __init__(self, nvidia_smi: str = "nvidia-smi") -> None:
+        self.nvidia_smi = nvidia_smi
+
+    def _smi(self, args: list[str]) -> str:
+        exe = self.nvidia_smi
+        qexe = "~/" + shlex.quote(exe[2:]) if exe.startswith("~/") else shlex.quote(exe)
+        return " ".join([qexe, *(shlex.quote(a) for a in args)])
+
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> int:
+        from .ssh.commands import run
+
+        # Both queries in one round trip, separated by a marker line.
+        cmd = (f"{self._smi(GPU_UUID_QUERY)} && echo {_MARK} && "
+               f"{self._smi(COMPUTE_APPS_QUERY)}")
+        result = await run(cmd, ssh, timeout=seconds, retries=1)
+        if result.returncode == 127:
+            raise DispatchError("no nvidia-smi on the login PATH")
+        if not result.ok or _MARK not in result.stdout:
+            detail = (result.stderr or result.stdout).strip()[:300]
+            raise DispatchError(f"nvidia-smi failed (exit {result.returncode}): {detail}")
+        gpus_text, _, apps_text = result.stdout.partition(_MARK)
+        try:
+            return free_gpu_count(parse_gpu_memory(gpus_text), parse_compute_apps(apps_text))
+        except ValueError as exc:
+            raise DispatchError(f"cannot parse nvidia-smi output: {exc}") from exc
+
+    async def partition_gres(self, ssh: str, seconds: float) -> dict[str, set[str]]:
+        from .discover import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres
+        from .ssh.commands import run
+
+        result = await run(SINFO_PARTITION_GRES_ARGS, ssh, timeout=seconds, retries=1)
+        if not result.ok:
+            detail = (result.stderr or result.stdout).strip()[:300]
+            raise DispatchError(f"sinfo failed (exit {result.returncode}): {detail}")
+        return parse_sinfo_gres(result.stdout)
+
+    async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
+                              seconds: float) -> list[tuple[str, int]]:
+        from .slurm.query import available_gpus
+
+        return await available_gpus(partition, ssh, gres_type or None, timeout=seconds)
+
+
+@dataclass
+class _Facts:
+    """What the concurrent I/O phase learned about one host (or why it failed)."""
+
+    plain_free: int | None = None
+    gres: dict[str, set[str]] | None = None
+    free: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class _Candidate:
+    result: HardwareResult
+    total_free: int
+
+
+def _order(request: HardwareRequest, config: DispatchConfig) -> list[str]:
+    names = config.ordered_hosts()
+    if request.interactive:
+        names.sort(key=lambda n: isinstance(config.hosts[n], SlurmHostConfig))
+    return names
+
+
+def _cluster_reason(request: HardwareRequest, cluster: str) -> str | None:
+    if request.preferred_clusters and cluster not in request.preferred_clusters:
+        return f"cluster {cluster!r} not in preferred_clusters {request.preferred_clusters}"
+    if cluster in request.forbidden_clusters:
+        return f"cluster {cluster!r} is forbidden"
+    return None
+
+
+def _chip_candidates(request: HardwareRequest, offered: Sequence[str]) -> list[Chip]:
+    if request.chip_obj is not None:
+        return [request.chip_obj]
+    return [SUPPORTED_CHIPS[c] for c in offered if c in SUPPORTED_CHIPS and c != "cpu"]
+
+
+def _slurm_partitions(host: SlurmHostConfig, gres: dict[str, set[str]]) -> list[str]:
+    if not host.partitions:
+        return list(gres)
+    ordered = sorted(host.partitions, key=lambda p: not p.default)
+    return [p.name for p in ordered]
+
+
+def _slurm_plan(request: HardwareRequest, config: DispatchConfig, host: SlurmHostConfig,
+                gres: dict[str, set[str]]) -> tuple[list[tuple[Chip, str, str]], str]:
+    """Statically possible (chip, gres type, partition) triples, or the reason for none."""
+    chips = _chip_candidates(request, list(config.gres_mapping))
+    if not chips:
+        return [], "no chip in gres_mapping"
+    plan: list[tuple[Chip, str, str]] = []
+    reasons: list[str] = []
+    for chip in chips:
+        gres_type = config.gres_mapping.get(chip.name)
+        if gres_type is None:
+            reasons.append(f"{chip.name} not in gres_mapping")
+            continue
+        if host.chips is not None and host.chips.get(chip.name, 0) < request.min_chips:
+            reasons.append(f"chip limit for {chip.name} is {host.chips.get(chip.name, 0)}")
+            continue
+        parts = [p for p in _slurm_partitions(host, gres) if gres_type in gres.get(p, set())]
+        if not parts:
+            reasons.append(f"no partition has GRES gpu:{gres_type} "
+                           f"(partitions: {_fmt_gres(gres)})")
+            continue
+        plan.extend((chip, gres_type, p) for p in parts)
+    return plan, "; ".join(reasons)
+
+
+def _fmt_gres(gres: dict[str, set[str]]) -> str:
+    return ", ".join(f"{p}={sorted(t) or '-'}" for p, t in gres.items()) or "none"
+
+
+async def _gather_facts(request: HardwareRequest, config: DispatchConfig, names: list[str],
+                        check: bool, seconds: float,
+                        source: AvailabilitySource) -> dict[str, _Facts]:
+    """Run every host's I/O concurrently; failures become ``_Facts.error``."""
+
+    async def plain(host: PlainHostConfig) -> _Facts:
+        return _Facts(plain_free=await source.plain_free_gpus(host.ssh, seconds))
+
+    async def slurm(host: SlurmHostConfig) -> _Facts:
+        gres = await source.partition_gres(host.ssh, seconds)
+        facts = _Facts(gres=gres)
+        if check:
+            plan, _ = _slurm_plan(request, config, host, gres)
+            keys = list(dict.fromkeys((g, p) for _, g, p in plan))
+            lists = await asyncio.gather(
+                *(source.slurm_free_gpus(host.ssh, p, g, seconds) for g, p in keys))
+            for (g, p), nodes in zip(keys, lists, strict=True):
+                facts.free[f"{p}|{g}"] = [(n, c) for n, c in nodes if n not in host.exclude]
+        return facts
+
+    jobs: dict[str, asyncio.Future[_Facts] | asyncio.Task[_Facts]] = {}
+    for name in names:
+        host = config.hosts[name]
+        if isinstance(host, SlurmHostConfig):
+            if request.cpu_only:
+                continue
+            jobs[name] = asyncio.ensure_future(slurm(host))
+        elif check and not request.cpu_only and any(
+                host.chips.get(c.name, 0) >= request.min_chips
+                for c in _chip_candidates(request, list(host.chips))):
+            # Only hosts that have enough of the chip on paper are asked.
+            jobs[name] = asyncio.ensure_future(plain(host))
+    if not jobs:
+        return {}
+    done = await asyncio.gather(*jobs.values(), return_exceptions=True)
+    facts: dict[str, _Facts] = {}
+    for name, outcome in zip(jobs, done, strict=True):
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            facts[name] = _Facts(error=str(outcome) or type(outcome).__name__)
+        else:
+            facts[name] = outcome
+    return facts
+
+
+async def _solve(request: HardwareRequest, config: DispatchConfig, check: bool,
+                 seconds: float, source: AvailabilitySource) -> SolveResult:
+    inv = RemoteInventory(config)
+    names = _order(request, config)
+    rejections: dict[str, str] = {}
+    eligible = []
+    for name in names:
+        reason = _cluster_reason(request, config.hosts[name].cluster)
+        if reason:
+            rejections[name] = reason
+        else:
+            eligible.append(name)
+    facts = await _gather_facts(request, config, eligible, check, seconds, source)
+    fallbacks: list[tuple[str, _Candidate]] = []
+
+    def done(name: str, res: HardwareResult, fallback: bool = False) -> SolveResult:
+        return SolveResult(result=res, host_name=name, host_config=config.hosts[name],
+                           is_slurm=res.is_slurm, partition=res.partition,
+                           rejections=rejections, fallback=fallback)
+
+    for name in eligible:
+        host = config.hosts[name]
+        cluster = inv.get_cluster(host.cluster)
+        cpu = SUPPORTED_CHIPS["cpu"]
+        interactive = request.interactive
+        if request.cpu_only:
+            if isinstance(host, PlainHostConfig):
+                return done(name, HardwareResult(name, host.ssh, cpu, 0, cluster,
+                                                 interactive=interactive))
+            if host.cpu_partitions:
+                return done(name, HardwareResult(name, host.ssh, cpu, 0, cluster,
+                                                 partition=host.cpu_partitions[0],
+                                                 is_slurm=True, interactive=interactive))
+            rejections[name] = "CPU-only request and no cpu_partitions configured"
+            continue
+        fact = facts.get(name, _Facts())
+        if fact.error is not None:
+            rejections[name] = f"availability check failed: {fact.error}"
+            continue
+        if isinstance(host, PlainHostConfig):
+            gpus = {c: k for c, k in host.chips.items() if c != "cpu" and k > 0}
+            if not gpus:
+                rejections[name] = "has no GPUs configured"
+                continue
+            chips = _chip_candidates(request, list(gpus))
+            have = {c.name: host.chips.get(c.name, 0) for c in chips}
+            picked = next((c for c in chips if have[c.name] >= request.min_chips), None)
+            if picked is None:
+                rejections[name] = "has " + ", ".join(f"{n} x{k}" for n, k in gpus.items())
+                continue
+            if check:
+                free = min(fact.plain_free or 0, have[picked.name])
+                if free < request.min_chips:
+                    rejections[name] = (f"only {fact.plain_free or 0} of "
+                                        f"{have[picked.name]} {picked.name} free")
+                    continue
+                available: int | None = free
+            else:
+                available = None
+            return done(name, HardwareResult(name, host.ssh, picked, request.min_chips, cluster,
+                                             available=available, interactive=interactive))
+        plan, why = _slurm_plan(request, config, host, fact.gres or {})
+        if not plan:
+            rejections[name] = why
+            continue
+        if not check:
+            chip, gres_type, part = plan[0]
+            return done(name, HardwareResult(name, host.ssh, chip, request.min_chips, cluster,
+                                             partition=part, is_slurm=True, gres_type=gres_type,
+                                             interactive=interactive))
+        best: tuple[int, int, Chip, str, str] | None = None  # (max on a node, total, ...)
+        for chip, gres_type, part in plan:
+            nodes = fact.free.get(f"{part}|{gres_type}", [])
+            top = max((c for _, c in nodes), default=0)
+            total = sum(c for _, c in nodes)
+            if top >= request.min_chips:
+                return done(name, HardwareResult(
+                    name, host.ssh, chip, request.min_chips, cluster, partition=part,
+                    is_slurm=True, gres_type=gres_type, available=top, interactive=interactive))
+            if best is None or total > best[1]:
+                best = (top, total, chip, gres_type, part)
+        assert best is not None
+        top, total, chip, gres_type, part = best
+        rejections[name] = (f"no node has {request.min_chips} free gpu:{gres_type} "
+                            f"(most free on one node: {top}, in partition {part!r})")
+        fallbacks.append((name, _Candidate(
+            HardwareResult(name, host.ssh, chip, request.min_chips, cluster, partition=part,
+                           is_slurm=True, gres_type=gres_type, available=top,
+                           interactive=interactive), total)))
+    if fallbacks:
+        # Most availability wins; on a tie, the earlier host in solver order.
+        name, cand = max(fallbacks, key=lambda f: f[1].total_free)
+        log.info("no host satisfies %s now; falling back to %s (%d free)",
+                 request.describe(), name, cand.total_free)
+        return done(name, cand.result, fallback=True)
+    return SolveResult(result=None, host_name=None, host_config=None, is_slurm=False,
+                       partition=None, rejections=rejections)
+
+
+async def solve(request: HardwareRequest, config: DispatchConfig,
+                check_availability: bool = False, timeout: float = 30.0,
+                *, availability: AvailabilitySource | None = None) -> SolveResult | None:
+    """Solve for hardware; None when no host can take the request (see module docs).
+
+    ``HardwareRequest.interactive`` puts plain hosts first (a session that starts now).
+    ``availability`` replaces the SSH-backed source (for tests and simulations).
+    """
+    res = await solve_with_reasons(request, config, check_availability, timeout,
+                                   availability=availability)
+    return res if res.result is not None else None
+
+
+async def solve_with_reasons(request: HardwareRequest, config: DispatchConfig,
+                             check_availability: bool = False,
+                             timeout: float = 30.0,
+                             *, availability: AvailabilitySource | None = None) -> SolveResult:
+    """Like :func:`solve` but always returns a SolveResult (``result`` None if unsolved)."""
+    if not isinstance(request, HardwareRequest):
+        raise TypeError(f"request must be a HardwareRequest, got {request!r}")
+    if not isinstance(config, DispatchConfig):
+        raise TypeError(f"config must be a DispatchConfig, got {config!r}")
+    source = availability if availability is not None else SshAvailability()
+    try:
+        async with asyncio.timeout(timeout + 5.0):
+            return await _solve(request, config, check_availability, timeout, source)
+    except TimeoutError as exc:
+        raise SolveError(f"solving {request.describe()} timed out after {timeout}s") from exc
+
+
+async def solve_or_raise(request: HardwareRequest, config: DispatchConfig,
+                         check_availability: bool = False,
+                         timeout: float = 30.0,
+                         *, availability: AvailabilitySource | None = None) -> SolveResult:
+    """Like solve(), but raises if no solution found.
+
+    The :class:`SolveError` says what was asked for and why each host was rejected.
+    """
+    res = await solve_with_reasons(request, config, check_availability, timeout,
+                                   availability=availability)
+    if res.result is None:
+        if not config.hosts:
+            raise SolveError(f"cannot place {request.describe()}: no hosts configured")
+        lines = "\n".join(f"  {h}: {why}" for h, why in res.rejections.items())
+        raise SolveError(f"cannot place {request.describe()}; every host was rejected:\n{lines}")
+    return res

@@ -1,0 +1,88 @@
+"""Solving against the testbed: the SLURM cluster (gpu: h100 x4 per node; cpu) and the
+plain host with a fake nvidia-smi (one H200, from a real capture)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatch.config import (
+    ClusterConfig,
+    DispatchConfig,
+    PlainHostConfig,
+    load_dispatch_config,
+)
+from dispatch.errors import SolveError
+from dispatch.hardware import HardwareRequest
+from dispatch.solve import SshAvailability, solve_or_raise
+
+from ..conftest import Testbed
+from . import fake_nvidia_smi
+
+EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "testbed.yaml"
+
+
+@pytest.fixture(scope="module")
+async def cfg(testbed: Testbed) -> DispatchConfig:
+    await fake_nvidia_smi.install(testbed.plain)
+    return load_dispatch_config(EXAMPLE)
+
+
+async def test_h100_goes_to_gpu_partition(cfg: DispatchConfig) -> None:
+    res = await solve_or_raise(HardwareRequest("h100", 1), cfg)
+    assert (res.host_name, res.partition, res.is_slurm) == ("slurm", "gpu", True)
+    assert res.result is not None and res.result.gres_type == "h100"
+    assert res.result.cluster.work == "/home/dispatcher/dispatch-work"
+
+
+async def test_h100_with_live_availability(cfg: DispatchConfig) -> None:
+    # Other tests may run jobs on the gpu nodes: the answer is gpu either way (satisfied
+    # now, or the fallback to the host with the most availability).
+    res = await solve_or_raise(HardwareRequest("h100", 2), cfg, check_availability=True)
+    assert (res.host_name, res.partition) == ("slurm", "gpu")
+    assert res.result is not None and res.result.available is not None
+    assert 0 <= res.result.available <= 4
+    assert res.fallback == (res.result.available < 2)
+
+
+async def test_more_than_the_limit_is_rejected(cfg: DispatchConfig) -> None:
+    with pytest.raises(SolveError) as info:
+        await solve_or_raise(HardwareRequest("h100", 9), cfg, check_availability=True)
+    msg = str(info.value)
+    assert "9x h100" in msg and "slurm: chip limit for h100 is 8" in msg
+    assert "plain: has h200 x1" in msg
+
+
+async def test_h200_on_plain_host_live(cfg: DispatchConfig) -> None:
+    res = await solve_or_raise(HardwareRequest("h200", 1), cfg, check_availability=True)
+    assert (res.host_name, res.is_slurm, res.partition) == ("plain", False, None)
+    assert res.result is not None and res.result.available == 1
+
+
+async def test_busy_h200_is_rejected(cfg: DispatchConfig) -> None:
+    busy = SshAvailability(nvidia_smi=fake_nvidia_smi.BUSY_PATH)
+    with pytest.raises(SolveError, match=r"plain: only 0 of 1 h200 free"):
+        await solve_or_raise(HardwareRequest("h200", 1), cfg, check_availability=True,
+                             availability=busy)
+
+
+async def test_cpu_only_goes_to_cpu_partition(cfg: DispatchConfig) -> None:
+    res = await solve_or_raise(HardwareRequest(min_chips=0), cfg, check_availability=True)
+    assert (res.host_name, res.partition) == ("slurm", "cpu")
+    interactive = await solve_or_raise(HardwareRequest(min_chips=0, interactive=True), cfg)
+    assert (interactive.host_name, interactive.partition) == ("plain", None)
+
+
+async def test_fleet_checked_concurrently(testbed: Testbed) -> None:
+    await fake_nvidia_smi.install(testbed.plain)  # the fleet aliases share the user's home
+    fleet = testbed.fleet[:10]
+    cfg = DispatchConfig(
+        clusters={"t": ClusterConfig("/home/dispatcher/dispatch", "/home/dispatcher/w")},
+        hosts={h: PlainHostConfig(h, "t", chips={"h200": 1}) for h in fleet},
+        priority=fleet[::-1])
+    res = await solve_or_raise(HardwareRequest("h200", 1), cfg, check_availability=True)
+    assert res.host_name == fleet[-1]  # priority order
+    with pytest.raises(SolveError) as info:
+        await solve_or_raise(HardwareRequest("h200", 2), cfg, check_availability=True)
+    assert all(f"{h}: has h200 x1" in str(info.value) for h in fleet)

@@ -1,0 +1,40 @@
+"""sinfo parsers used by discover_slurm_partitions and the solver (captured testbed output)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dispatch.config import PartitionConfig
+from dispatch.discover import parse_sinfo_gres, parse_sinfo_partitions
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "sinfo-partitions"
+
+
+def test_partitions_from_testbed_capture() -> None:
+    parts = parse_sinfo_partitions((FIX / "testbed_P.txt").read_text())
+    assert parts == [PartitionConfig("gpu"), PartitionConfig("cpu", default=True)]
+
+
+def test_partitions_deduplicated_across_state_groups() -> None:
+    # sinfo prints a partition once per node-state group.
+    text = "gpu\ngpu\ndebug*\ndebug*\nlong\n"
+    assert parse_sinfo_partitions(text) == [
+        PartitionConfig("gpu"), PartitionConfig("debug", default=True), PartitionConfig("long")]
+    assert parse_sinfo_partitions("") == []
+
+
+def test_gres_from_testbed_capture() -> None:
+    gres = parse_sinfo_gres((FIX / "testbed_P_G.txt").read_text())
+    assert gres == {"gpu": {"h100"}, "cpu": set()}
+
+
+def test_gres_forms() -> None:
+    text = (
+        "a|gpu:a100:4(S:0-1),gpu:v100:2(S:0,1)\n"
+        "b|gpu:4\n"
+        "c|gpu:h100:8,tmpdisk:100\n"
+        "a|gpu:l40s:2\n"
+        "d*|(null)\n"
+    )
+    assert parse_sinfo_gres(text) == {
+        "a": {"a100", "v100", "l40s"}, "b": {""}, "c": {"h100"}, "d": set()}

@@ -1,0 +1,143 @@
+"""snapshot / snapshot_dirty / pack_files: local tarballs from git and from file lists."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dispatch.errors import ShipError
+from dispatch.shipping import extract_script, pack_files, snapshot, snapshot_dirty
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "t@example.org")
+    git(path, "config", "user.name", "t")
+    (path / "README.md").write_text("hello\n")
+    (path / "pkg").mkdir()
+    (path / "pkg" / "mod.py").write_text("X = 1\n")
+    (path / "gone.txt").write_text("to be deleted\n")
+    (path / ".gitignore").write_text("*.log\nbuild/\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "one")
+    return path
+
+
+def members(data: bytes) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for m in tar:
+            f = tar.extractfile(m) if m.isfile() else None
+            out[m.name.rstrip("/")] = f.read() if f else None
+    return out
+
+
+def test_snapshot_is_gzip_of_tracked_files(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    (repo / "untracked.txt").write_text("u\n")
+    (repo / "README.md").write_text("changed\n")
+    data = snapshot(repo)
+    assert data[:2] == b"\x1f\x8b"
+    files = {k: v for k, v in members(data).items() if v is not None}
+    assert files == {"README.md": b"hello\n", "pkg/mod.py": b"X = 1\n",
+                     "gone.txt": b"to be deleted\n", ".gitignore": b"*.log\nbuild/\n"}
+    # a subdirectory of the repo ships the whole repository
+    assert members(snapshot(repo / "pkg")).keys() == members(data).keys()
+
+
+def test_snapshot_ref(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    (repo / "README.md").write_text("two\n")
+    git(repo, "commit", "-qam", "two")
+    git(repo, "tag", "v1", "HEAD~1")
+    assert members(snapshot(repo, "v1"))["README.md"] == b"hello\n"
+    assert members(snapshot(repo))["README.md"] == b"two\n"
+
+
+def test_snapshot_errors(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(ShipError, match="not a git repository"):
+        snapshot(plain)
+    with pytest.raises(ShipError, match="not a directory"):
+        snapshot(tmp_path / "missing")
+    repo = make_repo(tmp_path / "r")
+    with pytest.raises(ShipError, match="'no-such-branch'"):
+        snapshot(repo, "no-such-branch")
+    with pytest.raises(ShipError, match="invalid git ref"):
+        snapshot(repo, "--output=/tmp/x")
+
+
+def test_snapshot_dirty(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    (repo / "README.md").write_text("modified\n")          # tracked, modified
+    (repo / "gone.txt").unlink()                            # tracked, deleted
+    (repo / "staged.py").write_text("S = 1\n")             # new, staged
+    git(repo, "add", "staged.py")
+    (repo / "new dir").mkdir()
+    (repo / "new dir" / "untracked é.txt").write_text("u\n")  # untracked, not ignored
+    (repo / "debug.log").write_text("ignored\n")            # ignored
+    (repo / "build").mkdir()
+    (repo / "build" / "out.bin").write_text("ignored\n")    # ignored dir
+    status_before = git(repo, "status", "--porcelain")
+    files = {k: v for k, v in members(snapshot_dirty(repo)).items() if v is not None}
+    assert files == {"README.md": b"modified\n", "pkg/mod.py": b"X = 1\n",
+                     "staged.py": b"S = 1\n", "new dir/untracked é.txt": b"u\n",
+                     ".gitignore": b"*.log\nbuild/\n"}
+    # the repository is untouched: same status, nothing stashed
+    assert git(repo, "status", "--porcelain") == status_before
+    assert git(repo, "stash", "list") == ""
+
+
+def test_snapshot_dirty_clean_tree_equals_head(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    assert members(snapshot_dirty(repo)) == members(snapshot(repo))
+
+
+def test_pack_files(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "it's \"q\" ü.txt").write_text("q")
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "d" / "sub" / "x").write_text("x")
+    data = pack_files(["a.txt", Path("d"), tmp_path / "a.txt"], base_path=tmp_path)
+    files = {k: v for k, v in members(data).items() if v is not None}
+    assert files == {"a.txt": b"a", "d/it's \"q\" ü.txt": b"q", "d/sub/x": b"x"}
+
+
+def test_pack_files_errors(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (tmp_path / "outside.txt").write_text("o")
+    with pytest.raises(ShipError, match="outside base"):
+        pack_files(["../outside.txt"], base_path=base)
+    with pytest.raises(ShipError, match="outside base"):
+        pack_files([tmp_path / "outside.txt"], base_path=base)
+    with pytest.raises(ShipError, match="does not exist"):
+        pack_files(["nope.txt"], base_path=base)
+    with pytest.raises(ShipError, match="no files"):
+        pack_files([], base_path=base)
+    with pytest.raises(ShipError, match="single path"):
+        pack_files("a.txt", base_path=base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "/", "~", ".", "..", "a/..", "~other/x", "a\nb"])
+def test_remote_path_refused(bad: str) -> None:
+    with pytest.raises(ShipError):
+        extract_script(bad)
+
+
+def test_remote_path_quoted() -> None:
+    script = extract_script("/tmp/x y/$(id)")
+    assert "target='/tmp/x y/$(id)'" in script
+    assert 'target="$HOME"/\'code dir\'' in extract_script("~/code dir/")
