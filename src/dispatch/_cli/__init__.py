@@ -1,0 +1,1 @@
+"""Internals of the ``dispatch`` command line: pure renderers and terminal progress."""
