@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import socket
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _serialize_ast_parse() -> None:
+    """Work around CPython gh-106905 (3.11, 3.12.1): the AST constructor's recursion counter
+    is shared by all threads, so two threads in ``ast.parse`` at once can fail with
+    "SystemError: AST constructor recursion depth mismatch". pytest parses source to show a
+    failure while dispatch's loop thread may be formatting a logged traceback (which in 3.11
+    parses the failing line for its carets); that crashed whole runs with INTERNALERROR.
+    One lock around ``ast.parse`` makes the two take turns."""
+    if sys.version_info >= (3, 13):
+        return
+    lock = threading.RLock()
+    original = ast.parse
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(*args, **kwargs)
+
+    ast.parse = parse  # type: ignore[assignment]
+
+
+_serialize_ast_parse()
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

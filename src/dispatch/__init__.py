@@ -1,10 +1,10 @@
 """Remote dispatch utilities for SSH and SLURM.
 
-This module is the blocking API: every coroutine function of :mod:`dispatch.aio` appears
+This module is the blocking API: every coroutine function of `dispatch.aio` appears
 here under the same name, with the same parameters and docstring, made blocking by
 ``dispatch._blocking.blocking`` (one background event loop owns the connections, so they
 persist across calls). Classes and plain functions are the same objects as in
-:mod:`dispatch.aio`. ``Pool`` lives in :mod:`dispatch.aio` only.
+`dispatch.aio`. ``Pool`` lives in `dispatch.aio` only.
 """
 
 from __future__ import annotations

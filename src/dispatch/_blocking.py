@@ -1,4 +1,4 @@
-"""The one place that turns a coroutine function of :mod:`dispatch.aio` into its blocking twin.
+"""The one place that turns a coroutine function of ``dispatch.aio`` into its blocking twin.
 
 Every blocking call is run on a single background thread that owns one event loop for the
 whole process. Connections opened by the default pool live on that loop, so they persist

@@ -1,11 +1,16 @@
-"""The asynchronous API: the same names and parameters as :mod:`dispatch`, as coroutines.
+"""The asynchronous API: the same names and parameters as `dispatch`, as coroutines.
 
-Use these from your own event loop (an orchestration service, an async notebook)::
+Use these from your own event loop (an orchestration service, an async notebook):
 
-    import dispatch.aio as dx
+```python
+import dispatch.aio as dx
 
-    async with dx.Pool(max_connections_per_host=4):
-        results = await dx.run_many("nvidia-smi -L", ["gpu1", "gpu2"])
+async with dx.Pool(max_connections_per_host=4):
+    results = await dx.run_many("nvidia-smi -L", ["gpu1", "gpu2"])
+```
+
+`Pool`, `PoolStats` and `current_pool` exist only here: they manage connections in the
+caller's event loop (the blocking API in `dispatch` keeps its own pool).
 """
 
 from __future__ import annotations

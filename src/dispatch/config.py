@@ -2,7 +2,7 @@
 
 ``load_dispatch_config(path)`` reads YAML with OmegaConf (so ``${oc.env:VAR}`` keeps
 secrets out of the file) and ``parse_dispatch_config(cfg)`` turns it into frozen
-dataclasses. Every error is a :class:`~dispatch.errors.ConfigError` naming the file, the
+dataclasses. Every error is a `ConfigError` naming the file, the
 key path (``hosts.gpu1.chips.h100``) and the bad value. See ``examples/dispatch.yaml``.
 """
 
@@ -134,7 +134,7 @@ class PlainHostConfig:
 class SlurmHostConfig:
     """Configuration for a SLURM cluster login node.
 
-    ``partitions`` (names are accepted and turned into :class:`PartitionConfig`);
+    ``partitions`` (names are accepted and turned into `PartitionConfig`);
     ``account``/``qos``/``mem``/``exclude``: sbatch defaults; ``chips``: the most of each
     chip one job may use here (None: no limit; a chip missing from a given mapping is not
     offered); ``cpu_partitions``: partitions for CPU-only work; ``annotations``: free-form.
@@ -231,7 +231,11 @@ class DispatchConfig:
             _check_str(f"gres_mapping.{chip}", gres)
 
     def ordered_hosts(self) -> list[str]:
-        """Host names in solver order: ``priority`` first, then the rest in file order."""
+        """Host names in solver order: `priority` first, then the rest in file order.
+
+        Returns:
+            Every configured host name, each once.
+        """
         rest = [h for h in self.hosts if h not in self.priority]
         return [*dict.fromkeys(self.priority), *rest]
 
@@ -346,10 +350,22 @@ def _require_cluster(data: Mapping[str, Any], path: str, source: str | None) -> 
 
 def parse_dispatch_config(cfg: DictConfig | Mapping[str, Any], *,
                           source: str | None = None) -> DispatchConfig:
-    """Parse dispatch configuration from OmegaConf (or a plain mapping).
+    """Parse dispatch configuration from OmegaConf.
 
-    ``source`` (the file name) prefixes error messages. Interpolations such as
-    ``${oc.env:JUICEFS_REDIS}`` are resolved here.
+    Interpolations such as `${oc.env:JUICEFS_REDIS}` are resolved here; every value is
+    validated.
+
+    Args:
+        cfg: OmegaConf config (or a plain mapping) with `clusters` and `hosts` keys (and
+            optionally `mount`, `proxy`, `priority`, `gres_mapping`).
+        source: Name of the file the config came from; prefixes error messages.
+
+    Returns:
+        The parsed, validated `DispatchConfig`.
+
+    Raises:
+        ConfigError: A key or value is invalid; the message names the key path (such as
+            `hosts.gpu1.chips.h100`) and the bad value.
     """
     if isinstance(cfg, DictConfig):
         data = _plain(cfg, "", source)
@@ -382,7 +398,20 @@ def parse_dispatch_config(cfg: DictConfig | Mapping[str, Any], *,
 
 
 def load_dispatch_config(path: str | Path) -> DispatchConfig:
-    """Load dispatch configuration from a YAML file (OmegaConf, ``${oc.env:VAR}`` allowed)."""
+    """Load dispatch configuration from a YAML file.
+
+    The file is read with OmegaConf, so `${oc.env:VAR}` keeps secrets out of it.
+
+    Args:
+        path: Path to the YAML config file (`~` is expanded).
+
+    Returns:
+        The parsed, validated `DispatchConfig`.
+
+    Raises:
+        ConfigError: The file is missing or not valid YAML, or a key or value is invalid
+            (the message names the file, the key path and the bad value).
+    """
     p = Path(path).expanduser()
     try:
         cfg = OmegaConf.load(p)
@@ -399,14 +428,30 @@ def load_dispatch_config(path: str | Path) -> DispatchConfig:
 
 
 class RemoteInventory:
-    """Resolves dispatch config into usable objects (clusters, chips, host lists)."""
+    """Resolves dispatch config into usable objects (clusters, chips, host lists).
+
+    Args:
+        config: The parsed dispatch configuration to resolve.
+    """
 
     def __init__(self, config: DispatchConfig) -> None:
         self.config = config
         self._clusters: dict[str, Cluster] = {}
 
     def get_cluster(self, name: str) -> Cluster:
-        """Get (or create, then cache) the :class:`Cluster` named ``name``."""
+        """Get or create a Cluster object by name.
+
+        The `Cluster` is built from the config's `clusters` entry on first use, then cached.
+
+        Args:
+            name: Cluster name (a key of the config's `clusters`).
+
+        Returns:
+            The cluster's paths and mount settings.
+
+        Raises:
+            InvalidValueError: No cluster of that name is configured.
+        """
         cached = self._clusters.get(name)
         if cached is not None:
             return cached
@@ -422,7 +467,17 @@ class RemoteInventory:
         return cluster
 
     def get_host(self, name: str) -> PlainHostConfig | SlurmHostConfig:
-        """Get host configuration by name."""
+        """Get host configuration by name.
+
+        Args:
+            name: Host name (a key of the config's `hosts`).
+
+        Returns:
+            The host's configuration.
+
+        Raises:
+            InvalidValueError: No host of that name is configured.
+        """
         host = self.config.hosts.get(name)
         if host is None:
             raise InvalidValueError(
@@ -431,39 +486,98 @@ class RemoteInventory:
         return host
 
     def get_chip(self, name: str) -> Chip:
-        """Get a Chip by name from SUPPORTED_CHIPS."""
+        """Get a Chip by name from SUPPORTED_CHIPS.
+
+        Args:
+            name: Chip name, case-insensitive (e.g. `"h100"`).
+
+        Returns:
+            The chip.
+
+        Raises:
+            InvalidValueError: The name is not in `SUPPORTED_CHIPS`.
+        """
         return get_chip(name)
 
     def get_machine(self, name: str) -> ClusterMachine:
-        """The host ``name`` resolved against its cluster."""
+        """Resolve the host `name` against its cluster.
+
+        Args:
+            name: Host name (a key of the config's `hosts`).
+
+        Returns:
+            The host with its cluster, scheduler kind and chips.
+
+        Raises:
+            InvalidValueError: The host, or the cluster it names, is not configured.
+        """
         host = self.get_host(name)
         return ClusterMachine(name=name, ssh=host.ssh, cluster=self.get_cluster(host.cluster),
                               is_slurm=isinstance(host, SlurmHostConfig),
                               chips=dict(host.chips or {}))
 
     def plain_hosts(self) -> list[str]:
-        """List all plain SSH hosts (config order)."""
+        """List all plain SSH hosts.
+
+        Returns:
+            Names of the hosts of type `plain`, in config order.
+        """
         return [n for n, h in self.config.hosts.items() if isinstance(h, PlainHostConfig)]
 
     def slurm_hosts(self) -> list[str]:
-        """List all SLURM hosts (config order)."""
+        """List all SLURM hosts.
+
+        Returns:
+            Names of the hosts of type `slurm`, in config order.
+        """
         return [n for n, h in self.config.hosts.items() if isinstance(h, SlurmHostConfig)]
 
     def _plain_configs(self) -> list[tuple[str, PlainHostConfig]]:
         return [(n, h) for n, h in self.config.hosts.items() if isinstance(h, PlainHostConfig)]
 
     def hosts_with_chip(self, chip: str | Chip) -> list[str]:
-        """Find plain hosts that have at least one of ``chip``."""
+        """Find plain hosts that have a specific chip type.
+
+        Args:
+            chip: Chip name (case-insensitive) or `Chip`.
+
+        Returns:
+            Names of the plain hosts with at least one such chip, in config order.
+
+        Raises:
+            InvalidValueError: The chip is not in `SUPPORTED_CHIPS`.
+        """
         name = get_chip(chip).name
         return [n for n, h in self._plain_configs() if h.chips.get(name, 0) > 0]
 
     def total_chips(self, chip: str | Chip) -> int:
-        """Get total count of a chip type across all plain hosts."""
+        """Get total count of a chip type across all plain hosts.
+
+        Args:
+            chip: Chip name (case-insensitive) or `Chip`.
+
+        Returns:
+            The number of such chips on all plain hosts together.
+
+        Raises:
+            InvalidValueError: The chip is not in `SUPPORTED_CHIPS`.
+        """
         name = get_chip(chip).name
         return sum(h.chips.get(name, 0) for _, h in self._plain_configs())
 
     def default_partition(self, host: str) -> PartitionConfig | None:
-        """The partition marked ``default`` on a SLURM host, else its first; None if none."""
+        """Get the default partition for a SLURM host.
+
+        Args:
+            host: Host name (a key of the config's `hosts`).
+
+        Returns:
+            The partition marked `default`, else the host's first partition; None for a plain
+            host or a SLURM host without partitions.
+
+        Raises:
+            InvalidValueError: No host of that name is configured.
+        """
         cfg = self.get_host(host)
         if not isinstance(cfg, SlurmHostConfig) or not cfg.partitions:
             return None

@@ -2,7 +2,7 @@
 
 Unknown GPUs are not dropped silently: each is logged as a WARNING naming the host and
 the GPU, and ``strict=True`` turns them into an error. The pure parsing is in
-:mod:`dispatch.gpu` and :func:`parse_sinfo_partitions` here.
+`dispatch.gpu` and `parse_sinfo_partitions` here.
 """
 
 from __future__ import annotations
@@ -53,10 +53,22 @@ async def discover_plain_host(ssh_alias: str, timeout: float = 30.0, *,
                               strict: bool = False) -> dict[str, int]:
     """Discover chips on a plain SSH host by querying nvidia-smi.
 
-    Returns chip name -> count (``{}`` when the host has no ``nvidia-smi``). A GPU no rule
-    recognises is logged as a warning (and raises :class:`DispatchError` if ``strict``).
-    ``nvidia_smi`` names the executable when it is not on the login PATH. An SSH failure
-    or an nvidia-smi error raises :class:`DispatchError` with its stderr.
+    A GPU that no rule recognises is logged as a warning and not counted (an error if
+    `strict`). The query is read-only, so one retry after a broken connection is safe.
+
+    Args:
+        ssh_alias: SSH config alias of the host.
+        timeout: Seconds allowed for the SSH command.
+        nvidia_smi: The nvidia-smi executable, when it is not on the login PATH (a leading
+            `~/` is expanded by the remote shell).
+        strict: Raise instead of warning when a GPU is not in `SUPPORTED_CHIPS`.
+
+    Returns:
+        Chip name -> count, e.g. `{"h100": 8}`; `{}` when the host has no nvidia-smi.
+
+    Raises:
+        DispatchError: The SSH command or nvidia-smi failed (with its stderr), its output
+            could not be parsed, or (with `strict`) a GPU is unknown.
     """
     cmd = _nvidia_smi_argv(nvidia_smi, GPU_NAME_QUERY)
     result = await _run(cmd, ssh_alias, timeout)
@@ -84,9 +96,15 @@ async def discover_plain_host(ssh_alias: str, timeout: float = 30.0, *,
 
 
 def parse_sinfo_partitions(text: str) -> list[PartitionConfig]:
-    """Parse ``sinfo -h -o %P`` (or ``%P|...``) lines: one PartitionConfig per partition.
+    """Parse `sinfo -h -o %P` (or `%P|...`) lines: one PartitionConfig per partition.
 
-    sinfo prints a partition once per node-state group; the default one ends with ``*``.
+    sinfo prints a partition once per node-state group; the default one ends with `*`.
+
+    Args:
+        text: sinfo's standard output.
+
+    Returns:
+        One `PartitionConfig` per distinct partition, first-seen order.
     """
     from .config import PartitionConfig
 
@@ -102,10 +120,15 @@ def parse_sinfo_partitions(text: str) -> list[PartitionConfig]:
 
 
 def parse_sinfo_gres(text: str) -> dict[str, set[str]]:
-    """Parse ``sinfo -h -o '%P|%G'``: partition -> GPU GRES types its nodes carry.
+    """Parse `sinfo -h -o '%P|%G'`: partition -> GPU GRES types its nodes carry.
 
-    ``gpu:h100:4(S:0-1)`` gives ``h100``; an untyped ``gpu:4`` gives ``""``; ``(null)``
-    gives nothing.
+    `gpu:h100:4(S:0-1)` gives `h100`; an untyped `gpu:4` gives `""`; `(null)` gives nothing.
+
+    Args:
+        text: sinfo's standard output.
+
+    Returns:
+        Partition name -> set of GPU GRES types.
     """
     out: dict[str, set[str]] = {}
     for line in text.splitlines():
@@ -147,9 +170,20 @@ def _split_gres(gres: str) -> list[str]:
 async def discover_slurm_partitions(ssh_alias: str,
                                     timeout: float = 30.0,
                                     ) -> list[PartitionConfig]:
-    """Discover SLURM partitions on a host (``default=True`` on sinfo's ``*`` partition).
+    """Discover SLURM partitions on a host.
 
-    Raises :class:`DispatchError` when sinfo cannot be run.
+    Runs `sinfo` on the login host; the partition sinfo marks with `*` gets
+    `default=True`.
+
+    Args:
+        ssh_alias: SSH config alias of the SLURM login host.
+        timeout: Seconds allowed for the SSH command.
+
+    Returns:
+        One `PartitionConfig` per partition, in sinfo's order.
+
+    Raises:
+        DispatchError: sinfo could not be run (with its stderr).
     """
     result = await _run(["sinfo", "--noheader", "--format=%P"], ssh_alias, timeout)
     if not result.ok:

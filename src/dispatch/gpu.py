@@ -1,7 +1,7 @@
 """Pure parsers for ``nvidia-smi`` CSV output: GPU names to chips, busy GPUs.
 
 All functions take the text printed by ``nvidia-smi ... --format=csv,noheader,nounits``
-and return values; the SSH calls live in :mod:`dispatch.discover` and :mod:`dispatch.solve`.
+and return values; the SSH calls live in `dispatch.discover` and `dispatch.solve`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,15 @@ _RULES: list[tuple[re.Pattern[str], Callable[[int | None], Chip]]] = [
 
 
 def chip_for_gpu(name: str, memory_mib: int | None = None) -> Chip | None:
-    """Map an nvidia-smi GPU name (and memory, for the A100s) to a chip; None if unknown."""
+    """Map an nvidia-smi GPU name (and memory, for the A100s) to a chip; None if unknown.
+
+    Args:
+        name: GPU name as nvidia-smi prints it (e.g. `NVIDIA H100 80GB HBM3`).
+        memory_mib: Total memory in MiB; tells the 40 GB and 80 GB A100s apart.
+
+    Returns:
+        The matching chip, or None when no rule recognises the name.
+    """
     norm = " ".join(name.upper().replace("-", " ").split())
     for pattern, pick in _RULES:
         if pattern.search(norm):
@@ -104,7 +112,17 @@ def _rows(text: str) -> list[list[str]]:
 
 
 def parse_gpu_names(text: str) -> list[GpuInfo]:
-    """Parse ``--query-gpu=name,memory.total`` output (the name may not contain commas)."""
+    """Parse `--query-gpu=name,memory.total` output (the name may not contain commas).
+
+    Args:
+        text: nvidia-smi's CSV output without header.
+
+    Returns:
+        One `GpuInfo` per GPU line, in output order.
+
+    Raises:
+        ValueError: A line has no comma.
+    """
     gpus = []
     for line in text.splitlines():
         if not line.strip():
@@ -117,7 +135,17 @@ def parse_gpu_names(text: str) -> list[GpuInfo]:
 
 
 def count_chips(text: str) -> DiscoveredChips:
-    """Count GPUs by chip name; GPUs no rule recognises are counted under their raw name."""
+    """Count GPUs by chip name; GPUs no rule recognises are counted under their raw name.
+
+    Args:
+        text: `--query-gpu=name,memory.total` output (see `parse_gpu_names`).
+
+    Returns:
+        Known chip counts in `chips`, unrecognised GPU names in `unknown`.
+
+    Raises:
+        ValueError: A line cannot be parsed.
+    """
     chips: dict[str, int] = {}
     unknown: dict[str, int] = {}
     for gpu in parse_gpu_names(text):
@@ -130,7 +158,17 @@ def count_chips(text: str) -> DiscoveredChips:
 
 
 def parse_gpu_memory(text: str) -> dict[str, int]:
-    """Parse ``--query-gpu=uuid,memory.total``: uuid -> total MiB (N/A rows read as 0)."""
+    """Parse `--query-gpu=uuid,memory.total`: uuid -> total MiB (N/A rows read as 0).
+
+    Args:
+        text: nvidia-smi's CSV output without header.
+
+    Returns:
+        GPU uuid -> total memory in MiB.
+
+    Raises:
+        ValueError: A line has fewer than two fields.
+    """
     out: dict[str, int] = {}
     for row in _rows(text):
         if len(row) < 2:
@@ -140,9 +178,18 @@ def parse_gpu_memory(text: str) -> dict[str, int]:
 
 
 def parse_compute_apps(text: str) -> dict[str, int]:
-    """Parse ``--query-compute-apps=gpu_uuid,used_memory``: uuid -> MiB used by all apps.
+    """Parse `--query-compute-apps=gpu_uuid,used_memory`: uuid -> MiB used by all apps.
 
-    Also accepts the three-column ``gpu_uuid,pid,used_memory`` form (memory is last).
+    Also accepts the three-column `gpu_uuid,pid,used_memory` form (memory is last).
+
+    Args:
+        text: nvidia-smi's CSV output without header.
+
+    Returns:
+        GPU uuid -> memory in MiB used by its compute processes together.
+
+    Raises:
+        ValueError: A line has fewer than two fields.
     """
     used: dict[str, int] = {}
     for row in _rows(text):
@@ -154,7 +201,16 @@ def parse_compute_apps(text: str) -> dict[str, int]:
 
 def free_gpu_count(gpu_memory: dict[str, int], used: dict[str, int],
                    busy_fraction: float = BUSY_FRACTION) -> int:
-    """GPUs whose compute processes use less than ``busy_fraction`` of their memory."""
+    """Count GPUs whose compute processes use less than `busy_fraction` of their memory.
+
+    Args:
+        gpu_memory: GPU uuid -> total MiB (see `parse_gpu_memory`).
+        used: GPU uuid -> MiB in use (see `parse_compute_apps`).
+        busy_fraction: Share of a GPU's memory in use from which it counts as busy.
+
+    Returns:
+        The number of free GPUs (a GPU of unknown size is free only when nothing uses it).
+    """
     free = 0
     for uuid, total in gpu_memory.items():
         in_use = used.get(uuid, 0)

@@ -1,7 +1,7 @@
 """Hardware vocabulary: chips, clusters, hardware requests and results, job identities.
 
 Pure values (frozen dataclasses validated in ``__post_init__``); no I/O here. The solver
-(:mod:`dispatch.solve`) turns a :class:`HardwareRequest` into a :class:`HardwareResult`.
+(`dispatch.solve`) turns a `HardwareRequest` into a `HardwareResult`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,19 @@ SUPPORTED_CHIPS: dict[str, Chip] = _chips(
 
 
 def get_chip(chip: str | Chip) -> Chip:
-    """Return the :class:`Chip` for a name (case-insensitive) or a Chip; raise if unknown."""
+    """Get a Chip by name from SUPPORTED_CHIPS.
+
+    Args:
+        chip: Chip name, case-insensitive and stripped (e.g. `"H100"`), or a `Chip`, which
+            is returned as is.
+
+    Returns:
+        The chip.
+
+    Raises:
+        InvalidValueError: The name is not in `SUPPORTED_CHIPS` (the message lists the
+            supported names), or `chip` is neither a string nor a `Chip`.
+    """
     if isinstance(chip, Chip):
         return chip
     if not isinstance(chip, str):
@@ -191,7 +203,7 @@ class HardwareRequest:
 
     @property
     def chip_obj(self) -> Chip | None:
-        """The requested chip as a :class:`Chip` (None: any)."""
+        """The requested chip as a `Chip` (None: any)."""
         return self.chip if isinstance(self.chip, Chip) else None
 
     @property
@@ -200,7 +212,11 @@ class HardwareRequest:
         return self.min_chips == 0
 
     def describe(self) -> str:
-        """Human-readable summary, for error messages: ``4x h100``, ``CPU only``."""
+        """Summarise the request for messages: `4x h100`, `CPU only`.
+
+        Returns:
+            The count and chip, followed by cluster preferences and `interactive` if set.
+        """
         if self.cpu_only:
             what = "CPU only"
         else:

@@ -1,4 +1,4 @@
-"""Remote Jupyter sessions: :func:`dispatch_repl` starts one, :func:`end_repl` ends it.
+"""Remote Jupyter sessions: `dispatch_repl` starts one, `end_repl` ends it.
 
 ``dispatch_repl`` solves the hardware request with interactive semantics, puts the code in
 the work dir ``{cluster.work}/{project}/{group}/{name}``, starts Jupyter there and forwards
@@ -116,7 +116,15 @@ class _StepFailed(Exception):
 
 
 def work_dir_for(cluster: Cluster, spec: JobSpec) -> str:
-    """``{cluster.work}/{project}/{group}/{name}`` (missing project/group left out)."""
+    """Build the remote work directory `{cluster.work}/{project}/{group}/{name}`.
+
+    Args:
+        cluster: The cluster whose `work` directory is the root.
+        spec: The job identity; a missing project or group is left out.
+
+    Returns:
+        The POSIX path of the work directory.
+    """
     parts = [p for p in (spec.project, spec.group, spec.name) if p]
     return posixpath.join(cluster.work.rstrip("/") or "/", *parts)
 
@@ -605,26 +613,49 @@ async def dispatch_repl(
 ) -> ReplResult:
     """Dispatch an interactive Jupyter session on selected infrastructure.
 
-    Solves ``hardware`` (interactive: plain hosts first), ships the repo at ``repo_path``
-    (default: the current directory; ``dirty`` includes uncommitted and untracked files),
-    starts Jupyter in ``{cluster.work}/{project}/{group}/{name}`` and forwards
-    ``127.0.0.1:local_port`` to it. On a SLURM host the code is packed into a job (time
-    limit ``time_limit``, the annotation ``repl_time``, or one day; the solved partition,
-    GPUs per node and GRES type; ``mem`` or the host's default) and the tunnel runs through
-    the login node to the allocated node; cancelling while waiting cancels the job.
+    Solves `hardware` (interactive: plain hosts first), ships the repo, starts Jupyter in
+    `{cluster.work}/{project}/{group}/{name}` and forwards `127.0.0.1:local_port` to it.
+    On a SLURM host the code is packed into a job and the tunnel runs through the login
+    node to the allocated node; cancelling while waiting cancels the job.
 
-    ``timeout`` bounds each SSH step; ``startup_timeout`` the wait for Jupyter's URL;
-    ``slurm_wait_timeout`` the wait for the allocation (None: forever). ``jupyter_command``
-    (or the SLURM host annotation ``jupyter_command``) replaces the launch command
-    (default: ``uv run --with jupyter jupyter lab --ip 0.0.0.0 --no-browser --port 8888
-    --ServerApp.port_retries=50``); it must honour ``JUPYTER_TOKEN`` and log its URL.
-    ``sync_enabled`` uploads local edits of tracked files to the work dir every
-    ``sync_interval`` seconds until :func:`end_repl` (see :mod:`dispatch.sync` for what is
-    not synced). ``detached_tunnel`` keeps the tunnel in a helper process that outlives
-    this one.
+    Args:
+        spec: Job identity (project, group, name); names the work directory.
+        hardware: What the session needs; solved with `interactive=True`.
+        dispatch_config: The hosts and clusters to choose from.
+        local_port: Port on 127.0.0.1 to forward to the notebook (must be free).
+        dirty: Ship uncommitted and untracked (not ignored) files too (see `ship_dirty`).
+        check_availability: Ask the hosts what is free now before choosing one.
+        mem: SLURM memory request (e.g. `"64G"`); default: the host's `mem`.
+        timeout: Seconds allowed for each SSH step.
+        startup_timeout: Seconds to wait for Jupyter to log its URL.
+        slurm_wait_timeout: Seconds to wait for the SLURM allocation (None: no limit).
+        sync_enabled: Upload local edits of tracked files to the work directory every
+            `sync_interval` seconds until `end_repl` (see `dispatch.sync`).
+        extra_uv_groups: uv dependency groups to install in addition to the host's
+            `uv_groups`.
+        jupyter_command: Replaces the launch command (default: `uv run --with jupyter
+            jupyter lab --ip 0.0.0.0 --no-browser --port 8888
+            --ServerApp.port_retries=50`; the SLURM host annotation `jupyter_command` also
+            sets it); it must honour `JUPYTER_TOKEN` and log its URL.
+        repo_path: The local repository to ship (default: the current directory).
+        time_limit: SLURM time limit of the session's job (default: the host annotation
+            `repl_time`, else one day).
+        poll_interval: Seconds between reads of the Jupyter log while it starts.
+        slurm_poll_interval: Seconds between job-state queries while waiting for the
+            allocation.
+        sync_interval: Seconds between sync rounds (with `sync_enabled`).
+        detached_tunnel: Keep the tunnel in a helper process that outlives this one.
 
-    Returns a ReplResult; ``ok=False`` with ``stderr`` naming the failed step and the log
-    when something remote failed (nothing is left running then).
+    Returns:
+        The session: URLs, host, PID or job id, and the token in `local_url`. When a remote
+        step failed, `ok` is False and `stderr` names the step and shows the log tail;
+        nothing is left running then.
+
+    Raises:
+        InvalidValueError: An argument has the wrong type or range, or `local_port` is
+            already in use.
+        SolveError: No host can take `hardware`.
+        ShipError: The repository cannot be snapshotted.
     """
     if not isinstance(spec, JobSpec):
         raise InvalidValueError(f"spec must be a JobSpec, got {spec!r}")
@@ -693,12 +724,21 @@ async def dispatch_repl(
 
 
 async def end_repl(result: ReplResult, timeout: float = 60.0) -> RunResult:
-    """End a session started by :func:`dispatch_repl`: stop its file sync, close the
-    tunnel, and stop the notebook (plain host: SIGTERM, then SIGKILL, to its process
-    session) or cancel its SLURM job.
+    """End a session started by `dispatch_repl`.
 
-    Safe to call twice and on failed results. Returns a RunResult: ``ok`` when everything
-    was stopped; ``stderr`` says what could not be.
+    Stops its file sync, closes the tunnel, and stops the notebook (plain host: SIGTERM,
+    then SIGKILL, to its process session) or cancels its SLURM job. Safe to call twice and
+    on failed results.
+
+    Args:
+        result: The session to end, as returned by `dispatch_repl`.
+        timeout: Seconds allowed for each SSH step.
+
+    Returns:
+        `ok` when everything was stopped; otherwise `stderr` says what could not be.
+
+    Raises:
+        InvalidValueError: `result` is not a `ReplResult`.
     """
     if not isinstance(result, ReplResult):
         raise InvalidValueError(f"end_repl needs a ReplResult, got {result!r}")

@@ -3,7 +3,7 @@
 Jupyter prints where it listens in two places: the ``is running at:`` lines
 (``[I ... ServerApp] http://127.0.0.1:8888/lab?token=abc``) and, when it generated the token,
 the ``copy and paste one of these URLs:`` block. When the token was set by configuration or
-``JUPYTER_TOKEN`` it is masked as ``token=...``; :func:`parse_jupyter_log` then reports the
+``JUPYTER_TOKEN`` it is masked as ``token=...``; `parse_jupyter_log` then reports the
 URL and port with ``token=None``.
 """
 
@@ -73,7 +73,16 @@ class JupyterStartup:
     scheme: str
 
     def url_for(self, host: str, port: int | None = None, token: str | None = None) -> str:
-        """The server's URL rewritten for ``host`` (and ``port``), with ``token`` if known."""
+        """Rewrite the server's URL for `host` (and `port`), with `token` if known.
+
+        Args:
+            host: Host name or address to put in the URL (IPv6 is bracketed).
+            port: Port to use instead of the server's.
+            token: Token to use instead of the one Jupyter printed.
+
+        Returns:
+            The URL, with `?token=...` when a token is known.
+        """
         netloc = f"[{host}]" if ":" in host else host
         url = f"{self.scheme}://{netloc}:{port if port is not None else self.port}{self.path}"
         tok = token if token is not None else self.token
@@ -81,7 +90,14 @@ class JupyterStartup:
 
 
 def parse_jupyter_url(text: str) -> JupyterUrl | None:
-    """Parse one ``http://host:port/path?token=...`` URL; None if it is not one."""
+    """Parse one `http://host:port/path?token=...` URL; None if it is not one.
+
+    Args:
+        text: Text containing the URL.
+
+    Returns:
+        The URL's parts (`token` None when absent or masked), or None.
+    """
     match = _URL_RE.search(text)
     if match is None:
         return None
@@ -134,8 +150,14 @@ def parse_jupyter_log(text: str) -> JupyterStartup | None:
     """Return the server's URLs once Jupyter says it is running; None until then.
 
     The port and path come from the first URL; the token is the first unmasked one (None
-    when Jupyter masks it because it was set by configuration or ``JUPYTER_TOKEN``). A last
+    when Jupyter masks it because it was set by configuration or `JUPYTER_TOKEN`). A last
     line without its newline is ignored: the log may be read while Jupyter writes it.
+
+    Args:
+        text: The Jupyter log so far.
+
+    Returns:
+        What the started server printed, or None while it has not started.
     """
     complete = text[: text.rfind("\n") + 1]
     urls = _candidate_urls(complete)
@@ -149,7 +171,14 @@ def parse_jupyter_log(text: str) -> JupyterStartup | None:
 
 
 def jupyter_failure(text: str) -> str | None:
-    """The first line of ``text`` that says Jupyter (or its launcher) failed, else None."""
+    """Find the first line of `text` that says Jupyter (or its launcher) failed.
+
+    Args:
+        text: The Jupyter log so far.
+
+    Returns:
+        That line, or None when the log shows no failure.
+    """
     for raw in text.splitlines():
         line = raw.strip()
         app = _APP_LINE_RE.match(line)
@@ -164,7 +193,15 @@ _SS_PID_RE = re.compile(r"pid=(\d+)")
 
 
 def parse_listener_pids(ss_output: str, port: int) -> list[int]:
-    """PIDs listening on ``port`` in ``ss -Hltnp`` output (``users:(("jupyter",pid=1,fd=5))``)."""
+    """Find the PIDs listening on `port` in `ss -Hltnp` output.
+
+    Args:
+        ss_output: The output, with process fields like `users:(("jupyter",pid=1,fd=5))`.
+        port: The TCP port to look for.
+
+    Returns:
+        The listening PIDs, each once, in output order.
+    """
     pids: list[int] = []
     for line in ss_output.splitlines():
         fields = line.split()
@@ -185,13 +222,27 @@ _JPSERVER_RE = re.compile(r"jpserver-(\d+)(?:-open\.html|\.json)")
 
 
 def parse_jpserver_pid(text: str) -> int | None:
-    """The server's PID from its runtime file name in the log (``jpserver-1234-open.html``)."""
+    """Find the server's PID from its runtime file name in the log (`jpserver-1234-open.html`).
+
+    Args:
+        text: The Jupyter log.
+
+    Returns:
+        The PID, or None when the log names no runtime file.
+    """
     match = _JPSERVER_RE.search(text)
     return int(match.group(1)) if match else None
 
 
 def parse_getent_hosts(text: str) -> str | None:
-    """The first address in ``getent hosts NAME`` output (``127.0.0.1  node1``)."""
+    """Find the first address in `getent hosts NAME` output (`127.0.0.1  node1`).
+
+    Args:
+        text: getent's output.
+
+    Returns:
+        The address, or None for empty output.
+    """
     for line in text.splitlines():
         fields = line.split()
         if fields:
@@ -200,15 +251,28 @@ def parse_getent_hosts(text: str) -> str | None:
 
 
 def log_tail(text: str, lines: int = 20, max_chars: int = 4000) -> str:
-    """The last ``lines`` lines of ``text`` (at most ``max_chars``), for error messages."""
+    """Return the last `lines` lines of `text` (at most `max_chars`), for error messages.
+
+    Args:
+        text: The log.
+        lines: How many lines to keep.
+        max_chars: How many characters to keep at most (from the end).
+
+    Returns:
+        The tail of the log.
+    """
     tail = "\n".join(text.rstrip("\n").splitlines()[-lines:])
     return tail[-max_chars:]
 
 
 def parse_node_address(scontrol_text: str) -> str | None:
-    """A node's address from ``scontrol show node -o NAME``: NodeAddr, else NodeHostName.
+    """Find a node's address in `scontrol show node -o NAME`: NodeAddr, else NodeHostName.
 
-    None when neither is given (or both are ``(null)``).
+    Args:
+        scontrol_text: scontrol's one-line output.
+
+    Returns:
+        The address, or None when neither is given (or both are `(null)`).
     """
     fields: dict[str, str] = {}
     for token in scontrol_text.split():

@@ -67,9 +67,19 @@ def _check_ref(top: Path, ref: str) -> str:
 def snapshot(repo_path: str | Path | None = None, ref: str = "HEAD") -> bytes:
     """Create a tarball snapshot of the repo using git archive.
 
-    Only includes tracked files, respects .gitignore, excludes .git/. ``repo_path`` may be
-    any directory inside the repository; the whole repository is archived. Returns gzip
-    bytes. Raises :class:`ShipError` for a non-git directory or a bad ref.
+    Only includes tracked files, respects .gitignore, excludes .git/. The whole repository
+    is archived even when `repo_path` is a subdirectory of it.
+
+    Args:
+        repo_path: Any directory inside the git repository (default: the current directory).
+        ref: Git ref to archive: a branch, tag or commit (default: `HEAD`).
+
+    Returns:
+        The tarball as gzip-compressed bytes.
+
+    Raises:
+        ShipError: `repo_path` is not in a git repository, `ref` names no commit or tree,
+            or git is not installed.
     """
     top = _toplevel(repo_path)
     tree = _check_ref(top, ref)
@@ -84,10 +94,22 @@ def _untracked(top: Path) -> list[str]:
 
 
 def snapshot_dirty(repo_path: str | Path | None = None) -> bytes:
-    """Like :func:`snapshot` of the working tree: tracked files with their uncommitted
-    changes (``git stash create``; deleted files stay deleted) plus untracked files that
-    are not ignored (``git ls-files --others --exclude-standard``). Ignored files are not
-    included. Nothing in the repository (index, refs, stash list) is changed.
+    """Create a tarball snapshot of the working tree, including uncommitted changes.
+
+    Tracked files with their uncommitted changes (`git stash create`; deleted files stay
+    deleted) plus untracked files that are not ignored (`git ls-files --others
+    --exclude-standard`). Ignored files are not included. Nothing in the repository
+    (index, refs, stash list) is changed.
+
+    Args:
+        repo_path: Any directory inside the git repository (default: the current directory).
+
+    Returns:
+        The tarball as gzip-compressed bytes.
+
+    Raises:
+        ShipError: `repo_path` is not in a git repository (or it has no commit yet), or git
+            is not installed.
     """
     top = _toplevel(repo_path)
     _check_ref(top, "HEAD")
@@ -125,8 +147,22 @@ def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
 
 
 def pack_files(files: Sequence[str | Path], base_path: str | Path | None = None) -> bytes:
-    """Gzip tarball of ``files`` (relative to ``base_path``, default cwd; directories are
-    included recursively). A path outside the base or a missing file raises ShipError."""
+    """Create a gzip tarball of specific files.
+
+    Directories are included recursively; a file named twice is packed once. Files are
+    stored under their path relative to `base_path`.
+
+    Args:
+        files: Paths to include, relative to `base_path` or absolute (inside `base_path`).
+        base_path: Base directory for relative paths (default: the current directory).
+
+    Returns:
+        The tarball as gzip-compressed bytes.
+
+    Raises:
+        ShipError: `files` is empty or a single path, a file is missing, or a path lies
+            outside `base_path`.
+    """
     if isinstance(files, str | Path):
         raise ShipError(f"files must be a list of paths, got a single path: {files!r}")
     if not files:
@@ -216,11 +252,28 @@ async def _ship_bytes(host: str, remote_path: str, data: bytes,
 async def ship(host: str, remote_path: str, repo_path: str | Path | None = None,
                ref: str = "HEAD", timeout: float | None = None,
                ) -> RunResult:
-    """Ship a snapshot of the repo (tracked files at ``ref``) to ``remote_path`` on ``host``.
+    """Ship a snapshot of the repo to a remote host.
 
-    ``remote_path`` (and its parents) is created; an existing tree there is replaced
-    atomically. ``~/`` at its start means the remote home. Returns the extraction's
-    RunResult; local problems (not a git repo, bad ref) raise :class:`ShipError`.
+    Creates a tarball of the files git tracks at `ref` (see `snapshot`) and extracts it
+    on the remote. The destination and its parents are created; an existing tree there is
+    replaced atomically (the new tree is extracted beside it, then renamed into place).
+
+    Args:
+        host: SSH host (an alias from the SSH config).
+        remote_path: Destination directory on the remote (created). A leading `~/` means
+            the remote home directory.
+        repo_path: Any directory inside the local git repository (default: the current
+            directory).
+        ref: Git ref to archive (default: `HEAD`).
+        timeout: Seconds allowed for the upload and extraction (None: no limit).
+
+    Returns:
+        The `RunResult` of the extraction; `ok` is False (with `stderr` saying why) when the
+        upload or extraction failed on the remote side.
+
+    Raises:
+        ShipError: A local problem: not a git repository, a bad `ref`, or an invalid
+            `remote_path`.
     """
     data = await asyncio.to_thread(snapshot, repo_path, ref)
     return await _ship_bytes(host, remote_path, data, timeout)
@@ -231,10 +284,26 @@ async def ship_dirty(host: str, remote_path: str, repo_path: str | Path | None =
                      ) -> RunResult:
     """Ship repo including uncommitted changes.
 
-    Uses ``git stash create`` to capture tracked files' uncommitted changes (without
-    touching the stash list or the index) and, unlike the original, also ships untracked
-    files that are not ignored (``git ls-files --others --exclude-standard``). Ignored
-    files are never shipped. Extraction is atomic, as for :func:`ship`.
+    Uses `git stash create` to capture tracked files' uncommitted changes (without touching
+    the stash list or the index) and also ships untracked files that are not ignored
+    (`git ls-files --others --exclude-standard`); ignored files are never shipped. Useful
+    for development, when you want to run code you have not committed. Extraction is atomic,
+    as for `ship`.
+
+    Args:
+        host: SSH host (an alias from the SSH config).
+        remote_path: Destination directory on the remote (created; a leading `~/` means the
+            remote home directory).
+        repo_path: Any directory inside the local git repository (default: the current
+            directory).
+        timeout: Seconds allowed for the upload and extraction (None: no limit).
+
+    Returns:
+        The `RunResult` of the extraction; `ok` is False (with `stderr` saying why) when the
+        upload or extraction failed on the remote side.
+
+    Raises:
+        ShipError: A local problem: not a git repository or an invalid `remote_path`.
     """
     data = await asyncio.to_thread(snapshot_dirty, repo_path)
     return await _ship_bytes(host, remote_path, data, timeout)
@@ -244,10 +313,26 @@ async def ship_files(host: str, remote_path: str, files: list[str | Path],
                      base_path: str | Path | None = None,
                      timeout: float | None = None,
                      ) -> RunResult:
-    """Ship specific files (paths relative to ``base_path``, default cwd) to a host.
+    """Ship specific files to a remote host.
 
-    Directories are shipped recursively; a path outside ``base_path`` or a missing file
-    raises :class:`ShipError`. The tarball is built in memory; extraction is atomic.
+    Directories are shipped recursively. The tarball is built in memory; extraction is
+    atomic, as for `ship`.
+
+    Args:
+        host: SSH host (an alias from the SSH config).
+        remote_path: Destination directory on the remote (created; a leading `~/` means the
+            remote home directory).
+        files: Paths to include, relative to `base_path` or absolute (inside `base_path`).
+        base_path: Base directory for relative paths (default: the current directory).
+        timeout: Seconds allowed for the upload and extraction (None: no limit).
+
+    Returns:
+        The `RunResult` of the extraction; `ok` is False (with `stderr` saying why) when the
+        upload or extraction failed on the remote side.
+
+    Raises:
+        ShipError: `files` is empty, a file is missing or outside `base_path`, or
+            `remote_path` is invalid.
     """
     data = await asyncio.to_thread(pack_files, files, base_path)
     return await _ship_bytes(host, remote_path, data, timeout)

@@ -1,4 +1,4 @@
-"""The hardware solver: pick the host (and SLURM partition) for a :class:`HardwareRequest`.
+"""The hardware solver: pick the host (and SLURM partition) for a `HardwareRequest`.
 
 Rules, in order:
 
@@ -21,7 +21,7 @@ Rules, in order:
 Plain hosts need no I/O unless ``check_availability``; each SLURM host is asked once
 (``sinfo -o %P|%G``) which partitions carry which GRES, even without it. All I/O for all
 candidate hosts runs concurrently (``asyncio.gather``), so a solve costs about one round
-trip. The I/O is behind :class:`AvailabilitySource`, injectable for tests.
+trip. The I/O is behind `AvailabilitySource`, injectable for tests.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ _MARK = "--dispatch-compute-apps--"
 
 
 class SshAvailability:
-    """The real :class:`AvailabilitySource`: nvidia-smi on plain hosts, sinfo on SLURM."""
+    """The real `AvailabilitySource`: nvidia-smi on plain hosts, sinfo on SLURM."""
 
     def __init__(self, nvidia_smi: str = "nvidia-smi") -> None:
         self.nvidia_smi = nvidia_smi
@@ -355,8 +355,20 @@ async def solve(request: HardwareRequest, config: DispatchConfig,
                 *, availability: AvailabilitySource | None = None) -> SolveResult | None:
     """Solve for hardware; None when no host can take the request (see module docs).
 
-    ``HardwareRequest.interactive`` puts plain hosts first (a session that starts now).
-    ``availability`` replaces the SSH-backed source (for tests and simulations).
+    Args:
+        request: What to place (chip, count, cluster preferences). Its `interactive` flag
+            puts plain hosts first (a session that starts now).
+        config: The hosts and clusters to choose from.
+        check_availability: Ask the hosts over SSH what is free now, instead of trusting
+            the configured chip counts.
+        timeout: Seconds allowed for each availability query.
+        availability: Replaces the SSH-backed source of live facts (tests, simulations).
+
+    Returns:
+        The chosen host and allocation, or None when no host can take the request.
+
+    Raises:
+        SolveError: Solving took longer than `timeout` (plus a margin).
     """
     res = await solve_with_reasons(request, config, check_availability, timeout,
                                    availability=availability)
@@ -367,7 +379,23 @@ async def solve_with_reasons(request: HardwareRequest, config: DispatchConfig,
                              check_availability: bool = False,
                              timeout: float = 30.0,
                              *, availability: AvailabilitySource | None = None) -> SolveResult:
-    """Like :func:`solve` but always returns a SolveResult (``result`` None if unsolved)."""
+    """Like `solve` but always returns a SolveResult (`result` None if unsolved).
+
+    Args:
+        request: What to place (chip, count, cluster preferences).
+        config: The hosts and clusters to choose from.
+        check_availability: Ask the hosts over SSH what is free now.
+        timeout: Seconds allowed for each availability query.
+        availability: Replaces the SSH-backed source of live facts (tests, simulations).
+
+    Returns:
+        The solution; when unsolved, `result` is None and `rejections` says why each host
+        was rejected.
+
+    Raises:
+        TypeError: `request` or `config` has the wrong type.
+        SolveError: Solving took longer than `timeout` (plus a margin).
+    """
     if not isinstance(request, HardwareRequest):
         raise TypeError(f"request must be a HardwareRequest, got {request!r}")
     if not isinstance(config, DispatchConfig):
@@ -386,7 +414,22 @@ async def solve_or_raise(request: HardwareRequest, config: DispatchConfig,
                          *, availability: AvailabilitySource | None = None) -> SolveResult:
     """Like solve(), but raises if no solution found.
 
-    The :class:`SolveError` says what was asked for and why each host was rejected.
+    Args:
+        request: What to place (chip, count, cluster preferences). Its `interactive` flag
+            puts plain hosts first.
+        config: The hosts and clusters to choose from.
+        check_availability: Ask the hosts over SSH what is free now, instead of trusting
+            the configured chip counts.
+        timeout: Seconds allowed for each availability query.
+        availability: Replaces the SSH-backed source of live facts (tests, simulations).
+
+    Returns:
+        The chosen host, its configuration, the partition (SLURM) and the allocation
+        (`result`, never None here).
+
+    Raises:
+        SolveError: No host can take the request; the message says what was asked for and
+            why each host was rejected. Also raised when solving timed out.
     """
     res = await solve_with_reasons(request, config, check_availability, timeout,
                                    availability=availability)

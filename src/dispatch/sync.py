@@ -3,7 +3,7 @@
 A background asyncio task polls the modification time and size of the repo's *tracked*
 files (``git ls-files``) every ``interval`` seconds and uploads each changed file to the
 same relative path under the remote directory, atomically, over SFTP
-(:func:`dispatch.ssh.transfer.write_file`). No extra dependency, no inotify.
+(`dispatch.ssh.transfer.write_file`). No extra dependency, no inotify.
 
 What is synced: tracked files (including files ``git add``-ed after the session started)
 whose content changed locally after the sync started. What is **not** synced:
@@ -14,8 +14,8 @@ whose content changed locally after the sync started. What is **not** synced:
 - remote edits (never pulled; a later local edit overwrites them);
 - local differences that existed before the sync started (ship them with ``dirty=True``).
 
-Stop it with :func:`dispatch.repl.end_repl` (which stops the session's sync) or
-:meth:`FileSync.stop`; it also stops when its event loop closes.
+Stop it with `dispatch.repl.end_repl` (which stops the session's sync) or
+`FileSync.stop`; it also stops when its event loop closes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,17 @@ class SyncStats:
 
 
 async def tracked_files(repo: Path) -> list[str]:
-    """Paths (relative, ``/``-separated) of the files git tracks in ``repo``."""
+    """List the files git tracks in `repo`.
+
+    Args:
+        repo: A directory of a git work tree.
+
+    Returns:
+        Paths relative to `repo`, `/`-separated.
+
+    Raises:
+        ShipError: git ls-files failed (for example, not a git repository).
+    """
     proc = await asyncio.create_subprocess_exec(
         "git", "-C", str(repo), "ls-files", "-z", "--cached",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -98,10 +108,22 @@ def _remote_mode(path: Path) -> int:
 
 
 class FileSync:
-    """Polls a local git repo's tracked files and uploads changed ones to ``host:remote_dir``.
+    """Polls a local git repo's tracked files and uploads changed ones to `host:remote_dir`.
 
-    ``await sync.start()`` records the current state (nothing is uploaded for it) and starts
-    the background task; ``await sync.stop()`` ends it. :meth:`sync_once` runs one round.
+    `await sync.start()` records the current state (nothing is uploaded for it) and starts
+    the background task; `await sync.stop()` ends it. `sync_once` runs one round.
+
+    Args:
+        host: SSH host to upload to.
+        remote_dir: Remote directory the repository was shipped to.
+        repo_path: Any directory inside the local repository (default: the current
+            directory).
+        interval: Seconds between polls.
+        timeout: Seconds allowed for each upload (None: no limit).
+        max_bytes: Files larger than this are not synced.
+
+    Raises:
+        InvalidValueError: `interval` is not positive or `remote_dir` is not a path.
     """
 
     def __init__(
@@ -142,13 +164,21 @@ class FileSync:
         return SyncStats(self._polls, self._uploaded, self._failed, self._last_error)
 
     async def snapshot(self) -> None:
-        """Record the current state of every tracked file as already synced."""
+        """Record the current state of every tracked file as already synced.
+
+        Raises:
+            ShipError: The repository cannot be listed.
+        """
         self.repo = await _toplevel(self.repo)
         files = await tracked_files(self.repo)
         self._seen = {rel: _stamp(self.repo / rel) for rel in files}
 
     async def start(self) -> None:
-        """Record the current state (unless :meth:`snapshot` ran) and start polling."""
+        """Record the current state (unless `snapshot` ran) and start polling.
+
+        Raises:
+            ShipError: The repository cannot be listed.
+        """
         if self.running:
             return
         if not self._seen:
@@ -181,7 +211,14 @@ class FileSync:
                             self._last_error)
 
     async def sync_once(self) -> list[str]:
-        """Upload every tracked file changed since the last round; return their paths."""
+        """Upload every tracked file changed since the last round.
+
+        Returns:
+            The paths (relative to the repository) uploaded in this round.
+
+        Raises:
+            ShipError: The repository cannot be listed.
+        """
         self._polls += 1
         files = await tracked_files(self.repo)
         changed: list[tuple[str, _Stamp]] = []

@@ -65,3 +65,16 @@ def test_async_orchestration_submits_and_waits_for_20_jobs(testbed: Testbed) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "submitted 20 jobs" in proc.stdout
     assert "20 jobs finished in" in proc.stdout and ": 20 COMPLETED" in proc.stdout
+
+
+def test_quickstart_solves_ships_submits_and_waits(testbed: Testbed) -> None:
+    """The README's demo: SSH command, solve 1x h100, packed job on the solved partition."""
+    proc = run_example("quickstart.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert f"[{testbed.plain}] exit 0: hello from" in out
+    assert "[solve] 1x h100 -> host slurm (ssh slurm), partition gpu, gres type h100" in out
+    assert "state=COMPLETED exit=0:0" in out and "partition=gpu" in out
+    # the job ran inside the shipped project, on a GPU node, with one GPU
+    assert "job output | node=node" in out and "gpus=0" in out
+    assert "job output | _blocking.py" in out

@@ -488,7 +488,8 @@ async def _squeue_names(testbed: Testbed, prefix: str) -> list[str]:
     return [n for n in res.stdout.split() if n.startswith(prefix)]
 
 
-_SKELETON = {".dispatch", ".dispatch/jobs", ".dispatch/payloads"}
+_SKELETON = {f".dispatch-{u}{sub}" for u in ("dispatcher", "dispatcher2")
+             for sub in ("", "/jobs", "/payloads")}
 
 
 @pytest.mark.parametrize("fault", ["disk-full", "permission-denied"])

@@ -126,8 +126,13 @@ def shared_dir(testbed: Testbed) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _job_dirs(share: Path) -> list[Path]:
-    jobs = share / ".dispatch" / "jobs"
+def _mine(share: Path, user: str) -> Path:
+    """The per-user dispatch directory under a shared dir (``.dispatch-<user>``)."""
+    return share / f".dispatch-{user}"
+
+
+def _job_dirs(share: Path, user: str) -> list[Path]:
+    jobs = _mine(share, user) / "jobs"
     return sorted(p for p in jobs.iterdir()) if jobs.is_dir() else []
 
 
@@ -136,13 +141,13 @@ async def test_submitted_scripts_are_private(testbed: Testbed, shared_dir: Path)
                       env={"SOME_VALUE": "x"})
     res = await dx.submit(job, testbed.slurm, share_dir=str(shared_dir), timeout=120)
     assert res.job_id is not None, res
-    tree = _stat_tree(testbed, testbed.slurm, str(shared_dir / ".dispatch"))
+    tree = _stat_tree(testbed, testbed.slurm, str(_mine(shared_dir, testbed.user)))
     files = {p: v for p, v in tree.items() if v[0] == "f"}
     assert len(files) >= 2, tree  # wrapper + bootstrap
     for path, (_, mode, owner) in files.items():
         assert owner == testbed.user, (path, owner)
         assert mode & 0o077 == 0, f"{path} is mode {mode:o}"
-    job_dir = _job_dirs(shared_dir)
+    job_dir = _job_dirs(shared_dir, testbed.user)
     assert job_dir and all(
         tree[str(d)][1] & 0o077 == 0 for d in job_dir), {str(d): tree[str(d)] for d in job_dir}
     await dx.cancel(res.job_id, testbed.slurm)
@@ -163,7 +168,7 @@ async def test_packed_payload_is_private(testbed: Testbed, shared_dir: Path,
                                  share_dir=str(shared_dir), timeout=120)
     assert res.job_id is not None, res
     try:
-        tree = _stat_tree(testbed, testbed.slurm, str(shared_dir / ".dispatch"))
+        tree = _stat_tree(testbed, testbed.slurm, str(_mine(shared_dir, testbed.user)))
         payloads = {p: v for p, v in tree.items() if p.endswith(".tar.gz")}
         assert payloads, tree
         for path, (_, mode, owner) in payloads.items():
@@ -349,7 +354,7 @@ async def test_second_user_cannot_poison_shared_payload_cache(
     try:
         if res.job_id is None:
             return
-        payloads = list((shared_dir / ".dispatch" / "payloads").glob("*.tar.gz"))
+        payloads = list((_mine(shared_dir, testbed.user) / "payloads").glob("*.tar.gz"))
         assert payloads, "no payload uploaded"
         p = payloads[0]
         swap = _as_user2(testbed, f"mv -- '{p}' '{p}.old' && printf evil > '{p}'")

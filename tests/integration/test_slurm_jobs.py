@@ -161,11 +161,10 @@ async def test_two_node_job_runs_bootstrap_on_both_nodes(testbed: Testbed, remot
     ran = sorted(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("ran-on="))
     assert ran == sorted(_env(testbed, "CPU_NODES", "node3 node4").split())
     # the scripts went to the share dir, 0700
-    ls = await run(
-        f"stat -c '%a %n' {remote_dir}/share/.dispatch/jobs/two-*/*.sh", testbed.slurm
-    )
+    mine = f"{remote_dir}/share/.dispatch-{testbed.user}"
+    ls = await run(f"stat -c '%a %n' {mine}/jobs/two-*/*.sh", testbed.slurm)
     assert ls.ok and ls.stdout.count("700 ") == 2, ls.stdout
-    mode = await run(f"stat -c %a {remote_dir}/share/.dispatch/jobs/two-*/", testbed.slurm)
+    mode = await run(f"stat -c %a {mine}/jobs/two-*/", testbed.slurm)
     assert mode.stdout.strip() == "700"
 
 
@@ -234,6 +233,77 @@ async def test_submit_packed_embedded_lists_repo_files(
     assert "uncommitted.txt" not in out
 
 
+async def test_packed_fallback_code_dirs_are_removed_after_the_job(
+    testbed: Testbed, remote_dir: str, git_repo: Path
+) -> None:
+    """No SLURM_TMPDIR on the testbed: each node's ``$TMPDIR/dispatch-<job>-<host>`` (shared
+    by the tasks there; on the testbed all nodes share one host, so all 4 tasks share one
+    dir) is gone once the job is over, checked on every node by a later job."""
+    nodes = 2
+    job = _job(
+        testbed, remote_dir, "cleanup", 'echo "dir=$(uname -n):$PWD"; cat pkg/main.py',
+        nodes=nodes, ntasks_per_node=2,
+    )
+    result = await submit_packed(job, testbed.slurm, repo_path=str(git_repo))
+    assert result.job_id is not None, result.ssh_result.stderr
+    info = await wait(result.job_id, testbed.slurm, poll_interval=POLL, timeout=90)
+    assert _state(info) == "COMPLETED"
+    out = await _cat(testbed.slurm, _out(remote_dir, "cleanup", result.job_id))
+    dirs = [line[4:] for line in out.splitlines() if line.startswith("dir=")]
+    assert len(dirs) == 2 * nodes and out.count("print('packed')") == 2 * nodes, out
+    assert all(f"/dispatch-{result.job_id}-" in d for d in dirs), dirs
+    pattern = f'"${{TMPDIR:-/tmp}}"/dispatch-{result.job_id}-*'
+    check = _job(
+        testbed, remote_dir, "cleanup-check",
+        f'echo "left=$(uname -n):$(ls -d {pattern} 2>/dev/null | wc -l)"',
+        nodes=nodes, ntasks_per_node=1,
+    )
+    checked = await submit(check, testbed.slurm)
+    assert checked.job_id is not None, checked.ssh_result.stderr
+    info = await wait(checked.job_id, testbed.slurm, poll_interval=POLL, timeout=90)
+    assert _state(info) == "COMPLETED"
+    out = await _cat(testbed.slurm, _out(remote_dir, "cleanup-check", checked.job_id))
+    left = sorted(line for line in out.splitlines() if line.startswith("left="))
+    assert len(left) == nodes and all(line.endswith(":0") for line in left), out
+
+
+async def test_successful_submit_prunes_old_job_dirs_of_finished_jobs(
+    testbed: Testbed, remote_dir: str
+) -> None:
+    """Dirs older than 7 days go, unless squeue still lists their job (a held job here)."""
+    share = f"{remote_dir}/prune-{uuid.uuid4().hex[:6]}"
+    assert (await run(["mkdir", "-p", share], testbed.slurm)).ok
+    held = await submit(
+        _job(testbed, remote_dir, "prune-held", "true", extra_directives=["--hold"]),
+        testbed.slurm, share_dir=share,
+    )
+    assert held.job_id is not None, held.ssh_result.stderr
+    try:
+        jobs = f"{share}/.dispatch-{testbed.user}/jobs"
+        ls = await run(f"ls -d {jobs}/prune-held-*", testbed.slurm)
+        assert ls.ok, ls
+        held_dir = ls.stdout.strip()
+        stale, fresh = f"{jobs}/stale-0123456789abcdef", f"{jobs}/fresh-0123456789abcdef"
+        prep = await run(
+            f"mkdir -m 700 {stale} {fresh} && touch {stale}/sbatch.sh && "
+            f"touch -d '10 days ago' {stale} {held_dir}", testbed.slurm,
+        )
+        assert prep.ok, prep
+        new = await submit(
+            _job(testbed, remote_dir, "prune-new", "true"), testbed.slurm, share_dir=share
+        )
+        assert new.job_id is not None, new.ssh_result.stderr
+        assert new.ssh_result.stdout.strip() == str(new.job_id), new.ssh_result
+        left = await run(f"ls {jobs}", testbed.slurm)
+        names = left.stdout.split()
+        assert "stale-0123456789abcdef" not in names, names
+        assert "fresh-0123456789abcdef" in names, names
+        assert held_dir.rsplit("/", 1)[1] in names, names
+        assert any(n.startswith("prune-new-") for n in names), names
+    finally:
+        await query.cancel(held.job_id, testbed.slurm)
+
+
 async def test_submit_packed_share_dir_uploads_payload_once(
     testbed: Testbed, remote_dir: str, git_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,7 +322,7 @@ async def test_submit_packed_share_dir_uploads_payload_once(
         result = await submit_packed(job, testbed.slurm, repo_path=str(git_repo), share_dir=share)
         assert result.job_id is not None, result.ssh_result.stderr
         ids.append(result.job_id)
-    payloads = [p for p in uploads if "/.dispatch/payloads/" in p]
+    payloads = [p for p in uploads if f"/.dispatch-{testbed.user}/payloads/" in p]
     assert len(payloads) == 1 and payloads[0].endswith(".tar.gz")
     for job_id in ids:
         info = await wait(job_id, testbed.slurm, poll_interval=POLL, timeout=90)
@@ -329,7 +399,7 @@ async def test_hostile_job_name_and_env_values(testbed: Testbed, remote_dir: str
 
 
 async def _job_dirs(host: str, base: str, name: str) -> list[str]:
-    ls = await run(f"ls -d {base}/.dispatch/jobs/{name}-* 2>/dev/null || true", host)
+    ls = await run(f"ls -d {base}/.dispatch*/jobs/{name}-* 2>/dev/null || true", host)
     return ls.stdout.split()
 
 
@@ -419,3 +489,36 @@ async def test_wait_for_timeout_state(testbed: Testbed, timeout_job: int) -> Non
     """Last on purpose: the job (limit 1 min) was submitted by the first test."""
     info = await wait(timeout_job, testbed.slurm, poll_interval=1.0, timeout=240)
     assert _state(info) == "TIMEOUT"
+
+
+@pytest.mark.parametrize("trap", ["foreign-dir", "symlink", "world-writable-own"])
+async def test_foreign_or_open_per_user_dir_in_shared_dir_is_refused(
+    testbed: Testbed, trap: str
+) -> None:
+    """In a 1777 scratch dir, ``.dispatch-<user>`` made by someone else (or a symlink, or
+    our own but world-writable) is refused before anything is uploaded."""
+    shared = f"/tmp/dispatch-sticky-{uuid.uuid4().hex[:8]}"
+    assert (await run(f"mkdir -m 1777 {shared} && chmod 1777 {shared}", testbed.slurm)).ok
+    mine = f"{shared}/.dispatch-{testbed.user}"
+    try:
+        if trap == "foreign-dir":
+            setup = await run(f"mkdir -m 777 {mine} && chmod 777 {mine}", testbed.plain2)
+            owner = testbed.user2
+        elif trap == "symlink":
+            setup = await run(f"mkdir -m 700 {shared}/x && ln -s x {mine}", testbed.plain2)
+            owner = testbed.user2
+        else:
+            setup = await run(f"mkdir {mine} && chmod 777 {mine}", testbed.slurm)
+            owner = testbed.user
+        assert setup.ok, setup
+        job = SlurmJob(name="refused", command="true", partition="cpu", time="1")
+        result = await submit(job, testbed.slurm, share_dir=shared)
+        assert result.job_id is None and not result.ok, result
+        err = result.ssh_result.stderr
+        assert mine in err and f"owner {owner}" in err, err
+        for host in (testbed.slurm, testbed.plain2):  # (user 2's dirs as user 2)
+            listing = await run(f"find {shared} -mindepth 1 -type f 2>/dev/null", host)
+            assert listing.stdout.strip() == "", listing
+    finally:
+        await run(f"rm -rf {shared}", testbed.plain2)
+        await run(f"rm -rf {shared}", testbed.slurm)

@@ -18,6 +18,10 @@ from dispatch.ssh import ConnectError, Pool
 from dispatch.ssh.tunnel import _pid_gone
 
 from ..conftest import Testbed
+from ..support.faults import fault_pool_kwargs
+from ..support.netns import blackhole_address
+from ..support.relay import StallingSSHServer, Tarpit
+from ..support.sshconf import Alias
 
 
 @pytest.fixture
@@ -222,3 +226,35 @@ async def test_connection_killed_mid_command_rerun_only_with_retries(
     assert result.ok and result.stdout == "finished\n", result
     assert await asyncio.to_thread(_count_remote_lines, testbed, log_file) == 2
     await dx.run(["rm", "-f", log_file], testbed.plain)
+
+
+async def test_auth_failure_names_user_at_host_once(testbed: Testbed, pool: Pool) -> None:
+    r = await dx.run("true", "nobody-here@" + testbed.plain)
+    assert r.returncode == 255
+    assert f"ssh: nobody-here@{testbed.plain}: Permission denied (publickey)" in r.stderr, r.stderr
+    assert "nobody-here@nobody-here@" not in r.stderr
+
+
+async def test_connect_timeouts_say_which_phase_stalled(testbed: Testbed, tmp_path: Path) -> None:
+    """TCP up then silence (tarpit, a server stuck in user auth) is not "Connection timed
+    out" of TCP; an unanswered SYN is."""
+    stalling, tarpit = StallingSSHServer(), Tarpit()
+    try:
+        with blackhole_address() as addr:
+            _, kw = fault_pool_kwargs(
+                testbed, tmp_path,
+                [Alias("stalled", stalling.port), Alias("tarpit", tarpit.port),
+                 Alias("blackhole", 22, hostname=addr)],
+                connect_timeout=2, known_hosts_extra=[stalling.known_hosts_line])
+            async with Pool(**kw):
+                res = await dx.run_many("true", ["stalled", "tarpit", "blackhole"])
+    finally:
+        stalling.stop()
+        tarpit.stop()
+    for host in ("stalled", "tarpit"):
+        r = res[host]
+        assert r.returncode == 255 and "SSH handshake/authentication timed out" in r.stderr, r
+        assert "TCP connection was established" in r.stderr
+    r = res["blackhole"]
+    assert r.returncode == 255 and "Connection timed out (TCP connect)" in r.stderr, r
+    assert stalling.auth_attempts >= 1

@@ -114,6 +114,31 @@ async def test_cancelled_run_kills_remote_command(testbed: Testbed, pool: Pool) 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("then", ["await", "leave-pool"])
+async def test_cancelled_run_is_killed_before_cancel_completes(testbed: Testbed, then: str) -> None:
+    """The kill is done when the cancelled task ends, even if the pool closes right after
+    (the docs' ``async with Pool(): ... task.cancel()`` pattern)."""
+    marker = f"{random.randint(10_000, 99_999)}.{random.randint(100, 999)}"
+    probe = ["pgrep", "-f", f"sleep {marker}"]
+    async with Pool() as p:
+        task = asyncio.ensure_future(dx.run(f"echo started; sleep {marker}", testbed.plain))
+        deadline = asyncio.get_running_loop().time() + 15
+        while not (await dx.run(probe, testbed.plain, login_shell=False)).ok:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        task.cancel()
+        if then == "await":
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            left = await dx.run(probe, testbed.plain, login_shell=False)
+            assert left.returncode == 1, f"still running right after cancel: {left.stdout}"
+    assert p.closed
+    async with Pool():
+        left = await dx.run(probe, testbed.plain, login_shell=False)
+    assert left.returncode == 1, f"survived the pool closing: {left.stdout}"
+    assert task.cancelled()
+
+
 async def test_run_many_one_bad_host_spoils_nothing(testbed: Testbed, pool: Pool) -> None:
     hosts = [testbed.plain, testbed.plain2, "nobody-here@" + testbed.plain, testbed.plain]
     res = await dx.run_many(["hostname"], hosts)

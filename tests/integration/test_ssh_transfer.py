@@ -19,6 +19,7 @@ import dispatch.aio as dx
 from dispatch.ssh import Pool
 
 from ..conftest import Testbed
+from ..support.faults import full_dir, readonly_dir
 
 ODD_NAMES = ["it's", 'q"uote', "semi;colon", "$(x)", "`y`", "sp ace", "ünï ✓", "-dash", "new\nline"]
 
@@ -159,3 +160,44 @@ async def test_transfer_failures_are_results(testbed: Testbed, rdir: str, tmp_pa
     assert denied.returncode != 0 and "denied" in denied.stderr.lower()
     badhost = await dx.write_file("nobody-here@" + testbed.plain, "x", b"x")
     assert badhost.returncode == 255 and "Permission denied" in badhost.stderr
+
+
+async def test_write_file_onto_full_disk_says_no_space(testbed: Testbed, pool: Pool) -> None:
+    """SFTP reports a full disk as a bare "Failure": the result must say what happened."""
+    with full_dir(testbed.user, "1m") as d:
+        r = await dx.write_file(testbed.plain, f"{d}/sub/big.bin", os.urandom(3 * 1024 * 1024))
+        left = sorted(str(p.relative_to(d)) for p in d.rglob("*") if not p.is_dir())
+    assert r.returncode != 0
+    assert "No space left on device" in r.stderr, r.stderr
+    assert f"{testbed.plain}:{d}/sub" in r.stderr and "bytes free" in r.stderr, r.stderr
+    assert left == [], f"left behind: {left}"
+
+
+async def test_copy_to_onto_full_disk_says_no_space(
+    testbed: Testbed, pool: Pool, tmp_path: Path
+) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024))
+    with full_dir(testbed.user, "1m") as d:
+        r = await dx.copy_to(src, testbed.plain, f"{d}/big.bin")
+        left = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    assert r.returncode != 0
+    assert f"No space left on device on {testbed.plain}:{d}" in r.stderr, r.stderr
+    assert left == [], f"left behind: {left}"
+
+
+async def test_unwritable_parent_names_the_directory_it_cannot_create(
+    testbed: Testbed, pool: Pool, tmp_path: Path
+) -> None:
+    """asyncssh's makedirs says "No such file" here; the real reason is a refused mkdir."""
+    src = tmp_path / "f.txt"
+    src.write_text("x\n")
+    with readonly_dir() as d:
+        w = await dx.write_file(testbed.plain, f"{d}/a/b/f.txt", b"x")
+        c = await dx.copy_to(src, testbed.plain, f"{d}/a/b/")
+        left = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    for r in (w, c):
+        assert r.returncode != 0
+        assert f"cannot create directory '{d}/a' on {testbed.plain}: Permission denied" \
+            in r.stderr, r.stderr
+    assert left == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import os
 import pathlib
@@ -10,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -511,22 +513,67 @@ FILES = {"pkg/__init__.py": b"", "pkg/main.py": b"print('hi')\n", "data/a b.txt"
 
 
 def test_packed_payload_falls_back_without_slurm_tmpdir(tmp_path: pathlib.Path) -> None:
-    job = SlurmJob(name="p", command="find . -type f | sort").pack(make_tarball(FILES))
+    command = (
+        'find . -type f | sort; stat -c "mode %a" "$PWD" "${PWD%/code}"; '
+        'printf "dir %s\\n" "$PWD"'
+    )
+    job = SlurmJob(name="p", command=command, payload_extract_to="$SLURM_TMPDIR/code")
+    job = job.pack(make_tarball(FILES))
     assert base64.b64decode(job.payload or "") == make_tarball(FILES)
     proc = run_script(job.to_bootstrap_script(), tmp_path, env={"SLURM_JOB_ID": "4242"})
     assert proc.returncode == 0, proc.stderr.decode()
-    listed = [line.removeprefix("./") for line in proc.stdout.decode().splitlines()]
+    lines = proc.stdout.decode().splitlines()
+    listed = [line.removeprefix("./") for line in lines if line.startswith("./")]
     assert sorted(f for f in listed if not f.startswith(".dispatch")) == sorted(FILES)
-    base = next((tmp_path / "tmp").glob("dispatch-4242-*"))
-    code = base / "code"
-    assert (code / "pkg" / "main.py").read_bytes() == FILES["pkg/main.py"]
-    assert stat.S_IMODE(base.stat().st_mode) == 0o700
-    assert stat.S_IMODE(code.stat().st_mode) == 0o700
-    # A second task on the same node finds the marker and does not extract again.
-    (code / "pkg" / "main.py").write_bytes(b"changed")
-    proc = run_script(job.to_bootstrap_script(), tmp_path, env={"SLURM_JOB_ID": "4242"})
-    assert proc.returncode == 0
-    assert (code / "pkg" / "main.py").read_bytes() == b"changed"
+    assert [line for line in lines if line.startswith("mode")] == ["mode 700", "mode 700"]
+    code = pathlib.Path(next(line[4:] for line in lines if line.startswith("dir ")))
+    assert code.parent.parent == tmp_path / "tmp" and code.parent.name.startswith("dispatch-4242-")
+    # The only task on the node was the last one out: dir and lock file are gone.
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _wait_for(path: pathlib.Path, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_fallback_code_dir_is_removed_by_the_last_task_on_the_node(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two tasks of one job on one node share the fallback dir; it outlives the first."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    first = SlurmJob(
+        name="p",
+        command=(
+            f"printf changed > pkg/main.py; touch {ready}; "
+            f"for _ in $(seq 1 3000); do [ -e {go} ] && break; sleep 0.01; done"
+        ),
+    ).pack(make_tarball(FILES))
+    second = SlurmJob(name="p", command="cat pkg/main.py").pack(make_tarball(FILES))
+    env = {"SLURM_JOB_ID": "77"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        task0 = pool.submit(run_script, first.to_bootstrap_script(), tmp_path, env, "t0.sh")
+        _wait_for(ready)
+        task1 = run_script(second.to_bootstrap_script(), tmp_path, env, "t1.sh")
+        # The second task found the first one's extraction (no second extract) ...
+        assert task1.returncode == 0, task1.stderr.decode()
+        assert task1.stdout == b"changed"
+        # ... and left the dir alone: the first task still uses it.
+        base = next((tmp_path / "tmp").glob("dispatch-77-*[!k]"))
+        assert (base / "code" / "pkg" / "main.py").read_bytes() == b"changed"
+        go.touch()
+        assert task0.result(timeout=60).returncode == 0
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_user_given_extract_dir_is_kept(tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "mine"
+    job = SlurmJob(name="p", command="true", payload_extract_to=str(target))
+    proc = run_script(job.pack(make_tarball(FILES)).to_bootstrap_script(), tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (target / "pkg" / "main.py").read_bytes() == FILES["pkg/main.py"]
 
 
 def test_packed_payload_uses_slurm_tmpdir_when_set(tmp_path: pathlib.Path) -> None:

@@ -1,7 +1,7 @@
 """The SLURM half of the API: job scripts, submission, queries and shared waits.
 
-Pure parts (rendering in :mod:`.job`, parsing in :mod:`.parse`, states in :mod:`.states`)
-are separate from the I/O coroutines (:mod:`.query`, :mod:`.submit`, :mod:`.poller`), which
+Pure parts (rendering in `.job`, parsing in `.parse`, states in `.states`)
+are separate from the I/O coroutines (`.query`, `.submission`, `.poller`), which
 all ride the SSH pool of the current context.
 """
 

@@ -9,7 +9,14 @@ Semantics (documented choices):
   ``ntasks_per_node`` tasks otherwise. Every task runs the bootstrap; payload extraction
   happens once per node (flock + marker), so several tasks per node are safe.
 - the bootstrap runs the command in a child ``bash -c`` (not ``exec``) so the EXIT trap
-  can unmount JuiceFS; its exit status is the task's.
+  can unmount JuiceFS and remove a fallback extraction dir; its exit status is the task's.
+- ``payload_extract_to`` under ``$SLURM_TMPDIR`` falls back, where SLURM does not set it,
+  to ``${TMPDIR:-/tmp}/dispatch-<jobid>-<host>``, shared by the job's tasks on that host.
+  Each task registers in it under a lock on entry and unregisters in its EXIT trap; the
+  last task out removes it (a task that starts after that extracts again into a new one,
+  so the order in which srun starts and ends tasks does not matter). A user-given
+  ``payload_extract_to`` is never removed, nor is SSH mode's ``mktemp -d`` fallback (the
+  command may leave background processes using it).
 - module loads and setup commands run with ``nounset`` off (site scripts often trip it).
 """
 
@@ -276,11 +283,24 @@ class SlurmJob:
     # --- public API --------------------------------------------------------------------
 
     def pack(self, tarball: bytes) -> SlurmJob:
-        """Return a new SlurmJob with the given tarball as payload (base64-encoded)."""
+        """Return a new SlurmJob with the given tarball as payload.
+
+        Args:
+            tarball: gzip-compressed tarball bytes (from `dispatch.snapshot`); stored
+                base64-encoded.
+
+        Returns:
+            A copy of this job with ``payload`` set.
+        """
         return dataclasses.replace(self, payload=base64.b64encode(tarball).decode("ascii"))
 
     def to_script(self) -> str:
-        """Generate script for backward compatibility: the bootstrap (SLURM and SSH alike)."""
+        """Generate script for backward compatibility.
+
+        Returns:
+            The bootstrap script (for SLURM and SSH alike; the sbatch wrapper is generated
+            separately by `to_sbatch_script`).
+        """
         return self.to_bootstrap_script()
 
     def to_sbatch_script(
@@ -288,10 +308,16 @@ class SlurmJob:
     ) -> str:
         """Generate the sbatch wrapper script that calls srun on bootstrap.sh.
 
-        ``bootstrap_script_path`` may start with ``~/``, ``$VAR`` or ``${VAR}`` (expanded on
-        the node). With ``embed_bootstrap`` (a rendered bootstrap), the wrapper writes it to
-        that path on the first node and ``sbcast``s it to the others: multi-node jobs work
-        without a shared directory (the bootstrap then counts toward the 4 MB limit).
+        Args:
+            bootstrap_script_path: Where the bootstrap is on the nodes; may start with
+                ``~/``, ``$VAR`` or ``${VAR}`` (expanded on the node).
+            embed_bootstrap: A rendered bootstrap to embed: the wrapper writes it to
+                ``bootstrap_script_path`` on the first node and ``sbcast``s it to the
+                others, so multi-node jobs work without a shared directory (the bootstrap
+                then counts toward the 4 MB limit).
+
+        Returns:
+            The wrapper script text.
         """
         _check_text("bootstrap_script_path", bootstrap_script_path)
         if not bootstrap_script_path:
@@ -317,7 +343,11 @@ class SlurmJob:
         )
 
     def sbatch_directives(self) -> list[str]:
-        """The ``#SBATCH`` options (without the prefix), in a stable order."""
+        """The ``#SBATCH`` options (without the prefix), in a stable order.
+
+        Returns:
+            One ``--option=value`` string per directive.
+        """
         d: list[str] = [f"--job-name={sbatch_quote(self.name)}"]
         if self.partition:
             d.append(f"--partition={self.partition}")
@@ -364,9 +394,13 @@ class SlurmJob:
     def to_bootstrap_script(self, *, payload_path: str | None = None) -> str:
         """Generate the bootstrap.sh script that runs on each node.
 
-        ``payload_path``: extract this tarball file (already on the node, e.g. uploaded by
-        SFTP to a shared dir) instead of the embedded base64 ``payload``. It may start with
-        ``~/``, ``$VAR`` or ``${VAR}``.
+        Args:
+            payload_path: Extract this tarball file (already on the node, e.g. uploaded by
+                SFTP to a shared dir) instead of the embedded base64 ``payload``. It may
+                start with ``~/``, ``$VAR`` or ``${VAR}``.
+
+        Returns:
+            The bootstrap script text.
         """
         _check_text("payload_path", payload_path)
         return _render(
@@ -452,23 +486,28 @@ class SlurmJob:
         rest = target[m.end() :]
         suffix = shlex.quote(rest) if rest else ""
         if self.is_slurm:
+            # Per job and node; the last task out removes it (see templates/codedir.sh).
             fallback = [
-                '    dispatch_base="${TMPDIR:-/tmp}/dispatch-${SLURM_JOB_ID:-$$}-$(uname -n)"',
-                '    (umask 077 && mkdir -p "$dispatch_base")',
+                "    " + line if line else line
+                for line in _template("codedir.sh").rstrip("\n").split("\n")
             ]
         else:
-            fallback = ['    dispatch_base=$(mktemp -d "${TMPDIR:-/tmp}/dispatch-XXXXXX")']
-        return "\n".join(
-            [
-                "# Stock SLURM does not set SLURM_TMPDIR: fall back to a private per-job dir.",
-                'if [ -n "${SLURM_TMPDIR:-}" ]; then',
-                f'    DISPATCH_CODE_DIR="$SLURM_TMPDIR"{suffix}',
-                "else",
-                *fallback,
+            # Over SSH the dir is unique to the run and kept (the command may leave
+            # background processes that use it).
+            fallback = [
+                "    # Stock SLURM does not set SLURM_TMPDIR: fall back to a private dir.",
+                '    dispatch_base=$(mktemp -d "${TMPDIR:-/tmp}/dispatch-XXXXXX")',
                 '    if [ ! -O "$dispatch_base" ]; then',
                 '        dispatch_die "$dispatch_base is not owned by $(id -un)" 1',
                 "    fi",
                 '    chmod 0700 "$dispatch_base"',
+            ]
+        return "\n".join(
+            [
+                'if [ -n "${SLURM_TMPDIR:-}" ]; then',
+                f'    DISPATCH_CODE_DIR="$SLURM_TMPDIR"{suffix}',
+                "else",
+                *fallback,
                 f'    DISPATCH_CODE_DIR="$dispatch_base"{suffix}',
                 "fi",
             ]

@@ -143,7 +143,14 @@ class NodeInfo:
     features: list[str]
 
     def get_gres(self, name: str) -> NodeGres | None:
-        """Get GRES by name (e.g., 'gpu')."""
+        """Get GRES by name (e.g., 'gpu').
+
+        Args:
+            name: GRES name, such as ``"gpu"``.
+
+        Returns:
+            The node's `NodeGres` of that name, or None when it has none.
+        """
         for g in self.gres:
             if g.name == name:
                 return g

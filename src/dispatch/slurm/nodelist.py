@@ -104,8 +104,12 @@ def expand_nodelist(expr: str) -> list[str]:
 def first_node_from_nodelist(nodelist: str) -> str | None:
     """Get first hostname from a SLURM nodelist expression.
 
-    ``None`` for an empty list, ``(null)``, ``None assigned`` or a pending reason such as
-    ``(Resources)``.
+    Args:
+        nodelist: A hostlist expression such as ``gpu[01-03,07]``.
+
+    Returns:
+        The first node name; None for an empty list, ``(null)``, ``None assigned`` or a
+        pending reason such as ``(Resources)``.
     """
     text = nodelist.strip()
     if not text or text.startswith("("):

@@ -163,7 +163,7 @@ class SqueueRow:
 
 
 def parse_squeue_rows(text: str) -> list[SqueueRow]:
-    """Parse :data:`SQUEUE_ARGS` output into rows (malformed lines skipped)."""
+    """Parse `SQUEUE_ARGS` output into rows (malformed lines skipped)."""
     rows: list[SqueueRow] = []
     for line in _lines(text):
         parts = line.split("|", 8)
@@ -192,12 +192,12 @@ def parse_squeue_rows(text: str) -> list[SqueueRow]:
 
 
 def parse_squeue(text: str) -> list[JobStatus]:
-    """Parse :data:`SQUEUE_ARGS` output into :class:`JobStatus` (state normalized)."""
+    """Parse `SQUEUE_ARGS` output into `JobStatus` (state normalized)."""
     return [row.status for row in parse_squeue_rows(text)]
 
 
 def parse_squeue_comments(text: str) -> list[tuple[int, str]]:
-    """Parse :data:`SQUEUE_COMMENT_ARGS` output into ``(job_id, comment)`` pairs."""
+    """Parse `SQUEUE_COMMENT_ARGS` output into ``(job_id, comment)`` pairs."""
     out: list[tuple[int, str]] = []
     for line in _lines(text):
         job_s, sep, comment = line.partition("|")
@@ -213,7 +213,7 @@ def parse_squeue_comments(text: str) -> list[tuple[int, str]]:
 
 
 def parse_sacct(text: str) -> list[JobInfo]:
-    """Parse :data:`SACCT_ARGS` output into :class:`JobInfo` (one per job/step).
+    """Parse `SACCT_ARGS` output into `JobInfo` (one per job/step).
 
     ``state`` is normalized (``CANCELLED by 0`` -> ``CANCELLED``); ``job_id`` stays verbatim
     (``123``, ``123.batch``, ``123_4``, ``123+0.0``).
@@ -244,7 +244,7 @@ def parse_sacct(text: str) -> list[JobInfo]:
 
 
 def parse_sacct_comments(text: str) -> list[tuple[int, str]]:
-    """Parse :data:`SACCT_COMMENT_ARGS` output into ``(job_id, comment)`` pairs."""
+    """Parse `SACCT_COMMENT_ARGS` output into ``(job_id, comment)`` pairs."""
     out: list[tuple[int, str]] = []
     for line in _lines(text):
         job_s, sep, comment = line.partition("|")
@@ -361,7 +361,7 @@ def _list_field(text: str | None) -> list[str]:
 
 
 def parse_scontrol_nodes(text: str) -> dict[str, NodeInfo]:
-    """Parse :data:`SCONTROL_NODE_ARGS` output (``scontrol -o show node``) by node name."""
+    """Parse `SCONTROL_NODE_ARGS` output (``scontrol -o show node``) by node name."""
     out: dict[str, NodeInfo] = {}
     for line in _lines(text):
         kv = _key_values(line)
@@ -416,9 +416,9 @@ def node_state_usable(state: str) -> bool:
 
 
 def parse_sinfo_partitions(text: str) -> list[PartitionInfo]:
-    """Parse :data:`SINFO_PARTITION_ARGS` output, merging the per-state lines of a partition.
+    """Parse `SINFO_PARTITION_ARGS` output, merging the per-state lines of a partition.
 
-    The default-partition ``*`` is stripped (see :func:`parse_default_partition`).
+    The default-partition ``*`` is stripped (see `parse_default_partition`).
     """
     order: list[str] = []
     state: dict[str, str] = {}
@@ -461,7 +461,7 @@ def parse_sinfo_partitions(text: str) -> list[PartitionInfo]:
 
 
 def parse_default_partition(text: str) -> str | None:
-    """Name of the default partition (marked ``*``) in :data:`SINFO_PARTITION_ARGS` output."""
+    """Name of the default partition (marked ``*``) in `SINFO_PARTITION_ARGS` output."""
     for line in _lines(text):
         name = line.split("|", 1)[0].strip()
         if name.endswith("*") and name.rstrip("*"):
@@ -474,7 +474,7 @@ def _natural_key(name: str) -> list[tuple[int, int | str]]:
 
 
 def parse_available_gpus(text: str, gpu_type: str | None = None) -> list[tuple[str, int]]:
-    """Free GPUs per node from :data:`SINFO_GPU_ARGS` output.
+    """Free GPUs per node from `SINFO_GPU_ARGS` output.
 
     Returns ``(node, free_gpus)`` for nodes with at least one free GPU (of ``gpu_type`` when
     given, case-insensitive), most free first. Nodes that are down, drained, draining,
@@ -507,7 +507,7 @@ def parse_available_gpus(text: str, gpu_type: str | None = None) -> list[tuple[s
 
 
 def parse_partition_nodes(text: str) -> list[str]:
-    """Parse :data:`SINFO_NODES_ARGS` output into node names (order kept, duplicates dropped)."""
+    """Parse `SINFO_NODES_ARGS` output into node names (order kept, duplicates dropped)."""
     out: list[str] = []
     seen: set[str] = set()
     for line in _lines(text):

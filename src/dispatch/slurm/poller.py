@@ -1,18 +1,17 @@
 """One shared squeue poller per (pool, host): many ``wait``s cost one squeue call per interval.
 
-Every :func:`wait` / :func:`wait_until_running` registers a waiter with the poller of its
+Every `wait` / `wait_until_running` registers a waiter with the poller of its
 host on the running event loop. The poller asks squeue about all waited job ids in one
 call (``squeue --jobs=1,2,3``) every ``min(poll_interval of its waiters)`` seconds; jobs that
 left squeue (or show a terminal state there) get their final state from one batched
 ``sacct --jobs=...`` call, retried briefly while slurmdbd catches up. The poller task ends
 as soon as it has no waiters; cancelling a waiting task just removes its waiter.
 
-On timeout, :func:`wait` returns the last state the poller saw (built from squeue, so
+On timeout, `wait` returns the last state the poller saw (built from squeue, so
 ``exit_code`` and ``max_rss`` are empty) with ``ssh_result.returncode == -1`` and a
-"timed out" stderr; :func:`wait_until_running` returns ``(None, StatusResult)`` likewise.
+"timed out" stderr; `wait_until_running` returns ``(None, StatusResult)`` likewise.
 """
 
-# The documented API takes timeout= (seconds for the SSH calls), not asyncio.timeout.
 
 from __future__ import annotations
 
@@ -301,10 +300,21 @@ def _timed_out(job_id: int, timeout: float | None, job: JobStatus | None) -> Run
 async def wait(
     job_id: int, host: str, poll_interval: float = 10.0, timeout: float | None = None
 ) -> JobInfoResult:
-    """Wait for a job to finish and return its final sacct info.
+    """Wait for a SLURM job to complete.
 
-    On timeout, returns the last state seen (from squeue) with ``ssh_result.returncode``
-    -1 and a "timed out" message in ``ssh_result.stderr``.
+    Jobs on the same host share one squeue poll per interval; the final state comes from
+    sacct (or from squeue when accounting has nothing). On timeout, returns the last
+    state seen with ``ssh_result.returncode`` -1 and a "timed out" message in
+    ``ssh_result.stderr``.
+
+    Args:
+        job_id: SLURM job id.
+        host: SSH host alias with SLURM access.
+        poll_interval: Seconds between status checks.
+        timeout: Total seconds to wait (None: wait forever).
+
+    Returns:
+        `JobInfoResult` with the job's final state.
     """
     value, job = await _await_waiter(job_id, host, poll_interval, timeout, False)
     if isinstance(value, JobInfoResult):
@@ -316,10 +326,19 @@ async def wait(
 async def wait_until_running(
     job_id: int, host: str, poll_interval: float = 10.0, timeout: float | None = None
 ) -> tuple[str | None, StatusResult]:
-    """Wait until a job runs; return its first node and status.
+    """Wait until a job is running and return the first allocated hostname.
 
-    The node is None when the job ended (or left squeue) without being seen running, or on
-    timeout (then ``ssh_result.returncode`` is -1).
+    The node is None when the job ended (or left squeue) without being seen running, or
+    on timeout (then ``ssh_result.returncode`` is -1).
+
+    Args:
+        job_id: SLURM job id.
+        host: SSH host alias with SLURM access.
+        poll_interval: Seconds between status checks.
+        timeout: Total seconds to wait (None: wait forever).
+
+    Returns:
+        ``(first node or None, last StatusResult)``.
     """
     value, job = await _await_waiter(job_id, host, poll_interval, timeout, True)
     if isinstance(value, tuple):

@@ -6,7 +6,6 @@ remote command line are validated (job ids are ints) or passed as ``--opt=value`
 items, which ``run`` quotes one by one.
 """
 
-# The documented API takes timeout= (seconds for the SSH calls), not asyncio.timeout.
 
 from __future__ import annotations
 
@@ -45,14 +44,18 @@ log = logging.getLogger(__name__)
 
 #: Read-only queries are retried this many times when the connection broke.
 QUERY_RETRIES = 1
-#: Node names per ``scontrol show node`` call in :func:`nodes_info`.
+#: Node names per ``scontrol show node`` call in `nodes_info`.
 NODES_PER_CALL = 50
-#: How long :func:`job_info` waits for slurmdbd to record the end of a job squeue forgot.
+#: How long `job_info` waits for slurmdbd to record the end of a job squeue forgot.
 SACCT_SETTLE_SECONDS = 20.0
 
 # squeue's answer for a job id it no longer knows (MinJobAge passed).
 _UNKNOWN_JOB = re.compile(r"Invalid job id specified", re.IGNORECASE)
 # Node, partition and user names: what SLURM itself allows (no spaces, no shell metachars).
+# sacct's complaints when slurmdbd is down or unreachable.
+_DBD_DOWN = re.compile(
+    r"Problem talking to the database|slurm_persist_conn_open|Connection refused"
+)
 _NAME = re.compile(r"^[A-Za-z0-9_.\[\]:@+-][A-Za-z0-9_.\[\],:@+-]*$")
 
 
@@ -108,7 +111,7 @@ async def squeue_jobs(
 async def _squeue_jobs(
     job_ids: list[int], host: str, timeout: float | None
 ) -> tuple[dict[int, JobStatus], RunResult, bool]:
-    """Like :func:`squeue_jobs`, plus whether slurmctld has forgotten all the ids."""
+    """Like `squeue_jobs`, plus whether slurmctld has forgotten all the ids."""
     ids = ",".join(str(check_job_id(j)) for j in job_ids)
     argv = _argv("squeue", [*parse.SQUEUE_ARGS, "--states=all", f"--jobs={ids}"])
     result = await query(argv, host, timeout)
@@ -126,16 +129,36 @@ async def _squeue_jobs(
 
 
 async def status(job_id: int, host: str, timeout: float | None = None) -> StatusResult:
-    """Status of one job from squeue; ``job`` is None (and no error) once it left squeue.
+    """Check the status of a SLURM job.
 
-    A job that ended less than MinJobAge ago is shown with its final state.
+    Reads squeue; ``job`` is None (and no error) once the job left squeue. A job that
+    ended less than MinJobAge ago is shown with its final state.
+
+    Args:
+        job_id: SLURM job id.
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        `StatusResult` with the parsed `JobStatus` (or None) and the squeue result.
     """
     jobs, result = await squeue_jobs([job_id], host, timeout)
     return StatusResult(jobs.get(job_id), result)
 
 
 async def cancel(job_id: int, host: str, timeout: float | None = None) -> RunResult:
-    """Cancel a job with ``scancel``."""
+    """Cancel a SLURM job.
+
+    Runs ``scancel`` once (not retried: the caller decides).
+
+    Args:
+        job_id: SLURM job id to cancel.
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        `RunResult` of scancel.
+    """
     return await run(["scancel", str(check_job_id(job_id))], host, timeout=timeout)
 
 
@@ -164,7 +187,7 @@ async def sacct_jobs(
 
 
 def main_step(steps: list[JobInfo]) -> JobInfo | None:
-    """The job's own row (no step suffix), as :attr:`JobInfoResult.main` picks it."""
+    """The job's own row (no step suffix), as `JobInfoResult.main` picks it."""
     return JobInfoResult(steps, RunResult(0, "", "")).main
 
 
@@ -178,13 +201,36 @@ def is_final(steps: list[JobInfo]) -> bool:
     return main is not None and is_terminal(main.state) and bool(main.partition)
 
 
-async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobInfoResult:
-    """Accounting info (sacct) for a job, including finished ones.
+def _explain_dbd_down(result: RunResult, host: str) -> RunResult:
+    """Say plainly that accounting is unavailable when sacct could not reach slurmdbd."""
+    said = result.stderr.strip()
+    if not _DBD_DOWN.search(said):
+        return result
+    log.warning("SLURM accounting (slurmdbd) is unavailable on %s: %s", host, said)
+    stderr = (
+        f"dispatch: SLURM accounting (slurmdbd) is unavailable on {host}; sacct said: {said}\n"
+    )
+    return RunResult(result.returncode, result.stdout, stderr, may_have_run=result.may_have_run)
 
-    Right after a job ends slurmdbd may still have no row, or the row may still say
-    RUNNING. When slurmctld still knows the job and says it is over, this retries briefly
-    (up to ``SACCT_SETTLE_SECONDS``) until sacct records a final state. A job slurmctld
-    has forgotten (or never had) is answered at once.
+
+async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobInfoResult:
+    """Get detailed info about a SLURM job (including completed jobs).
+
+    Reads sacct. Right after a job ends slurmdbd may still have no row, or the row may
+    still say RUNNING: when slurmctld still knows the job and says it is over, this
+    retries briefly (up to ``SACCT_SETTLE_SECONDS``) until sacct records a final state.
+    A job slurmctld has forgotten (or never had) is answered at once. When slurmdbd is
+    unreachable, ``ssh_result.stderr`` says that SLURM accounting is unavailable (with
+    sacct's own message).
+
+    Args:
+        job_id: SLURM job id.
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for each SSH call (None: no limit).
+
+    Returns:
+        `JobInfoResult` with the job's parsed sacct rows (job and steps) and the sacct
+        result.
     """
     check_job_id(job_id)
     loop = asyncio.get_running_loop()
@@ -193,7 +239,9 @@ async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobI
     while True:
         grouped, result = await sacct_jobs([job_id], host, timeout)
         steps = grouped.get(str(job_id), [])
-        if not result.ok or is_final(steps):
+        if not result.ok:
+            return JobInfoResult(steps, _explain_dbd_down(result, host))
+        if is_final(steps):
             return JobInfoResult(steps, result)
         jobs, sq_result, forgotten = await _squeue_jobs([job_id], host, timeout)
         job = jobs.get(job_id)
@@ -206,7 +254,16 @@ async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobI
 
 
 async def queue(host: str, user: str | None = None, timeout: float | None = None) -> QueueResult:
-    """All jobs in squeue (or only ``user``'s)."""
+    """List jobs in the SLURM queue.
+
+    Args:
+        host: SSH host alias with SLURM access.
+        user: Only this user's jobs (default: all users).
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        `QueueResult` with the parsed `JobStatus` rows and the squeue result.
+    """
     args = list(parse.SQUEUE_ARGS)
     if user is not None:
         args.append(f"--user={check_name('user', user)}")
@@ -216,7 +273,17 @@ async def queue(host: str, user: str | None = None, timeout: float | None = None
 
 
 async def partitions(host: str, timeout: float | None = None) -> list[PartitionInfo]:
-    """Every partition (one sinfo call); empty when the query failed."""
+    """List all SLURM partitions.
+
+    One sinfo call; the list is empty when the query failed (logged as a warning).
+
+    Args:
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        A `PartitionInfo` per partition.
+    """
     result = await query(_argv("sinfo", parse.SINFO_PARTITION_ARGS), host, timeout)
     if not result.ok:
         log.warning("sinfo on %s failed: %s", host, result.stderr.strip())
@@ -225,7 +292,18 @@ async def partitions(host: str, timeout: float | None = None) -> list[PartitionI
 
 
 async def partition_nodes(partition: str, host: str, timeout: float | None = None) -> list[str]:
-    """Node names (``%N``, not hostnames) of a partition."""
+    """List all nodes in a SLURM partition.
+
+    Node names (``%N``), not hostnames; empty when the query failed.
+
+    Args:
+        partition: Partition name.
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        The node names of the partition.
+    """
     args = [*parse.SINFO_NODES_ARGS, f"--partition={check_name('partition', partition)}"]
     result = await query(_argv("sinfo", args), host, timeout)
     if not result.ok:
@@ -248,7 +326,17 @@ async def _scontrol_nodes(
 
 
 async def node_info(nodename: str, host: str, timeout: float | None = None) -> NodeInfo | None:
-    """One node's info from scontrol, or None when it does not exist."""
+    """Get detailed info about a SLURM node.
+
+    Args:
+        nodename: Name of the node.
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        The node's `NodeInfo` from scontrol, or None when it does not exist (or the
+        query failed).
+    """
     nodes = await _scontrol_nodes([check_name("node", nodename)], host, timeout)
     return nodes.get(nodename)
 
@@ -256,8 +344,18 @@ async def node_info(nodename: str, host: str, timeout: float | None = None) -> N
 async def nodes_info(
     nodenames: list[str], host: str, timeout: float | None = None
 ) -> dict[str, NodeInfo]:
-    """Info for many nodes: chunks of ``NODES_PER_CALL`` names, one scontrol call each,
-    run concurrently. Nodes that could not be looked up are left out."""
+    """Get info about multiple nodes in parallel.
+
+    Chunks of ``NODES_PER_CALL`` names, one scontrol call each, run concurrently.
+
+    Args:
+        nodenames: Node names.
+        host: SSH host alias with SLURM access.
+        timeout: Seconds for each SSH call (None: no limit).
+
+    Returns:
+        Node name -> `NodeInfo`; nodes that could not be looked up are left out.
+    """
     names = list(dict.fromkeys(check_name("node", n) for n in nodenames))
     chunks = [names[i : i + NODES_PER_CALL] for i in range(0, len(names), NODES_PER_CALL)]
     found: dict[str, NodeInfo] = {}
@@ -270,9 +368,19 @@ async def nodes_info(
 async def available_gpus(
     partition: str, host: str, gpu_type: str | None = None, timeout: float | None = None
 ) -> list[tuple[str, int]]:
-    """(node, free GPUs) in a partition from ONE sinfo call, most free first.
+    """Find nodes with available GPUs in a partition.
 
-    Nodes that are down, drained or failing do not count.
+    Uses ONE sinfo call for all nodes. Nodes that are down, drained or failing do not
+    count.
+
+    Args:
+        partition: Partition name.
+        host: SSH host alias with SLURM access.
+        gpu_type: Only GPUs of this type (e.g. ``"a100"``).
+        timeout: Seconds for the SSH call (None: no limit).
+
+    Returns:
+        ``(node, free GPUs)`` tuples, most free first.
     """
     if gpu_type is not None:
         check_name("GPU type", gpu_type)

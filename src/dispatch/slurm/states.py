@@ -2,7 +2,7 @@
 
 squeue prints either compact codes (``%t``: ``PD``, ``R``) or long names (``%T``: ``PENDING``);
 sacct prints long names with decorations (``CANCELLED by 1000``, ``CANCELLED+``).
-:func:`normalize_state` maps all of them to the long upper-case name, and the ``is_*``
+`normalize_state` maps all of them to the long upper-case name, and the ``is_*``
 helpers classify a state so that ``wait`` never mistakes a live job for a finished one.
 """
 

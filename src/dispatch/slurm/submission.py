@@ -1,10 +1,18 @@
 """Submitting SLURM jobs: scripts uploaded over SFTP, ``sbatch --parsable``, exactly once.
 
 Each submission renders a bootstrap script (what every node runs) and an sbatch wrapper,
-uploads both atomically with mode 0700 into ``share_dir/.dispatch/jobs/<name>-<token>/``
-(or ``~/.dispatch/jobs/<name>-<token>/`` without a share dir), then runs ``sbatch
---parsable --comment=dispatch:<token>``. If sbatch rejects the job, the uploaded files are
-removed in the same remote command.
+uploads both atomically with mode 0700 into a fresh 0700 directory
+``share_dir/.dispatch-<user>/jobs/<name>-<token>/`` (or ``~/.dispatch/jobs/...`` without
+a share dir), then runs ``sbatch --parsable --comment=dispatch:<token>``. If sbatch
+rejects the job, the uploaded files are removed in the same remote command.
+
+Shared directories: the per-user directory keeps other users' (possibly world-writable)
+directories off the path to our scripts. Before anything is uploaded, one remote command
+creates each level with ``mkdir -m 700`` and insists it is a real directory (not a
+symlink), owned by us and not group/world-writable; otherwise the submission returns
+``job_id=None`` with an error naming the directory, its owner and mode. Payloads live in
+``.dispatch-<user>/payloads/<sha256>.tar.gz`` and a cached one is reused only if it is
+ours, mode 0600 and has that sha256 (checked remotely by ``sha256sum``).
 
 Exactly once: when the connection breaks after sbatch was sent (``may_have_run``) or the
 call timed out, the token is looked up in squeue (and sacct) to recover the job id. The
@@ -13,11 +21,13 @@ apart answered without it, and no process carrying the token -- a still-running 
 is left on the host), and never more than once. sacct shows comments only with
 ``AccountingStoreFlags=job_comment``; squeue always does, for MinJobAge after the end.
 
-Scripts stay in place after the job (it needs them while it runs); nothing collects old
-job directories yet.
+Scripts stay in place while the job may need them (nodes read the bootstrap when the job
+starts). After each successful sbatch, the same remote command removes this user's job
+directories older than `PRUNE_AFTER_DAYS` days whose ``sbatch.sh`` squeue no longer lists
+as a job's command (so a job pending for weeks keeps its scripts); squeue runs only when
+such old directories exist, and nothing is removed when it fails. Directories given via
+``script_path`` are never pruned.
 """
-
-# The documented API takes timeout= (seconds for the SSH calls), not asyncio.timeout.
 
 from __future__ import annotations
 
@@ -44,18 +54,28 @@ log = logging.getLogger(__name__)
 
 #: The sbatch executable (tests point it at a shim that cuts the connection).
 SBATCH = "sbatch"
-#: Scripts go under this directory of ``share_dir`` or of the remote home directory.
-JOBS_SUBDIR = ".dispatch/jobs"
-#: Content-addressed payload tarballs go under this directory of ``share_dir``.
-PAYLOADS_SUBDIR = ".dispatch/payloads"
+#: The squeue executable used when pruning old job directories.
+SQUEUE = "squeue"
+#: Per-user directory under ``share_dir`` (``.dispatch-<user>``); ``.dispatch`` under home.
+SHARE_PREFIX = ".dispatch-"
+HOME_SUBDIR = ".dispatch"
+#: Scripts go under this subdirectory of the per-user directory.
+JOBS_SUBDIR = "jobs"
+#: Content-addressed payload tarballs go under this subdirectory of the per-user directory.
+PAYLOADS_SUBDIR = "payloads"
+#: After a successful sbatch, job directories older than this many days whose job is no
+#: longer in squeue are removed (None: never).
+PRUNE_AFTER_DAYS: int | None = 7
 #: How long to keep asking squeue/sacct for a token after an unknown outcome.
 RECOVER_SECONDS = 60.0
 #: Pause before the second lookup that must also miss the token before resubmitting.
 RECOVER_CONFIRM_SECONDS = 3.0
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 _homes: dict[str, str] = {}
+_users: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,7 @@ class _Paths:
     wrapper: str
     bootstrap: str
     directory: str | None  # the per-submission directory (removed on failure), if any
+    base: str | None = None  # this user's private dispatch directory, if used
 
     def cleanup_command(self) -> str:
         if self.directory is not None:
@@ -96,6 +117,71 @@ async def remote_home(host: str, timeout: float | None = None) -> str:
     return home
 
 
+async def remote_user(host: str, timeout: float | None = None) -> str:
+    """The remote user's name (or uid when the name is unusual in a path), cached per host."""
+    user = _users.get(host)
+    if user is not None:
+        return user
+    result = await run('id -un; id -u', host, timeout=timeout, login_shell=False, retries=1)
+    lines = result.stdout.split()
+    if not result.ok or len(lines) != 2 or not lines[1].isdigit():
+        raise SubmitError(
+            f"cannot find the remote user on {host!r}: "
+            f"{result.stderr.strip() or result.stdout.strip() or 'no answer from id'}"
+        )
+    user = lines[0] if _USER.match(lines[0]) else lines[1]
+    _users[host] = user
+    return user
+
+
+async def _private_base(
+    host: str, share_dir: str | None, timeout: float | None
+) -> str:
+    """This user's dispatch directory: ``share_dir/.dispatch-<user>`` or ``~/.dispatch``.
+
+    Per user, so that nobody else's (possibly world-writable) directory is ever on the
+    path between ``share_dir`` and our scripts or payloads.
+    """
+    if share_dir:
+        base = await _absolute(share_dir, host, timeout)
+        user = await remote_user(host, timeout)
+        return f"{base.rstrip('/')}/{SHARE_PREFIX}{user}"
+    return f"{await remote_home(host, timeout)}/{HOME_SUBDIR}"
+
+
+def _ensure_private_dirs(dirs: list[str]) -> str:
+    """Shell code: create each directory (mode 0700) if missing, then insist it is ours.
+
+    Each must be a real directory (not a symlink), owned by us and writable by nobody
+    else; otherwise the command fails naming the directory, its owner and its mode.
+    """
+    parts = []
+    for d in dirs:
+        q = shlex.quote(d)
+        parts.append(
+            f"{{ [ -e {q} ] || [ -L {q} ] || mkdir -m 700 -- {q} || [ -d {q} ]; }} || exit 1; "
+            f"if [ -d {q} ] && [ ! -L {q} ] && [ -O {q} ] "
+            f"&& [ -z \"$(find {q} -maxdepth 0 -perm /022 -print)\" ]; then :; else "
+            f"printf 'dispatch: refusing to use %s: owner %s, mode %s (it must be a "
+            f"directory owned by you and writable only by you)\\n' {q} "
+            f"\"$(stat -c %U -- {q} 2>/dev/null || echo unknown)\" "
+            f"\"$(stat -c %a -- {q} 2>/dev/null || echo unknown)\" >&2; exit 1; fi"
+        )
+    return "; ".join(parts)
+
+
+async def _prepare(paths: _Paths, host: str, timeout: float | None) -> RunResult:
+    """One remote command: check (creating) the private levels, then make the job dir."""
+    if paths.directory is None or paths.base is None:
+        return RunResult(0, "", "")
+    jobs = f"{paths.base}/{JOBS_SUBDIR}"
+    # The job dir is new (random token) inside our private jobs dir; tolerating an
+    # existing one only makes a retried call (connection broke after mkdir) succeed.
+    q = shlex.quote(paths.directory)
+    cmd = f"{_ensure_private_dirs([paths.base, jobs])}; [ -d {q} ] || mkdir -m 700 -- {q}"
+    return await run(cmd, host, timeout=timeout, retries=1)
+
+
 async def _absolute(path: str, host: str, timeout: float | None) -> str:
     """Resolve ``~``/``~/x`` and relative paths against the remote home directory."""
     if path.startswith("/"):
@@ -117,10 +203,10 @@ async def _paths(
     if script_path is not None:
         prefix = await _absolute(script_path, host, timeout)
         return _Paths(f"{prefix}.sbatch.sh", f"{prefix}.bootstrap.sh", None)
-    base = await _absolute(share_dir, host, timeout) if share_dir else await remote_home(host)
+    base = await _private_base(host, share_dir, timeout)
     name = _UNSAFE.sub("_", job.name)[:40].strip("._") or "job"
     directory = f"{base}/{JOBS_SUBDIR}/{name}-{token}"
-    return _Paths(f"{directory}/sbatch.sh", f"{directory}/bootstrap.sh", directory)
+    return _Paths(f"{directory}/sbatch.sh", f"{directory}/bootstrap.sh", directory, base)
 
 
 def _check_size(label: str, size: int) -> None:
@@ -144,8 +230,30 @@ def _render(job: SlurmJob, paths: _Paths, payload_path: str | None) -> tuple[byt
     return wrapper, bootstrap
 
 
+def _prune_command(jobs_dir: str, days: int) -> str:
+    """Shell code removing our job dirs older than ``days`` whose job left squeue.
+
+    slurmctld copies the sbatch script at submission, but each node reads the bootstrap
+    when the job starts, so a dir is kept while squeue (all states, so also just-ended
+    jobs) still lists its ``sbatch.sh`` as a job's command. squeue runs only when there
+    are old dirs at all; when it fails nothing is removed. Always succeeds, silently.
+    """
+    q = shlex.quote(jobs_dir)
+    squeue = shlex.join([SQUEUE, "-h", "--states=all", "-o", "%o"])
+    return (
+        f"( old=$(find {q} -mindepth 1 -maxdepth 1 -type d -mtime +{int(days)} -print) "
+        f'&& [ -n "$old" ] && keep=$({squeue} -u "$(id -un)") && '
+        f'printf "%s\\n" "$old" | while IFS= read -r d; do '
+        f'case "$keep" in *"$d/"*) ;; *) rm -rf -- "$d" ;; esac; done ) >/dev/null 2>&1 || :'
+    )
+
+
 def _sbatch_command(paths: _Paths, token: str) -> str:
-    """sbatch with the token; on rejection remove the uploaded scripts, keep sbatch's status."""
+    """sbatch with the token; on rejection remove the uploaded scripts, keep sbatch's status.
+
+    After a successful sbatch, old job directories of this user are pruned in the same
+    command (see `_prune_command`); that never changes the command's status or output.
+    """
     sbatch = (
         f"{shlex.quote(SBATCH)} --parsable --comment={shlex.quote('dispatch:' + token)} "
         f"{shlex.quote(paths.wrapper)}"
@@ -154,6 +262,9 @@ def _sbatch_command(paths: _Paths, token: str) -> str:
     if paths.directory is not None:
         # write_file creates parents with the umask's mode; the job dir holds env values.
         command = f"chmod 700 -- {shlex.quote(paths.directory)}; {command}"
+        if PRUNE_AFTER_DAYS is not None:
+            jobs_dir = paths.directory.rsplit("/", 1)[0]
+            command = f"{command}; {_prune_command(jobs_dir, PRUNE_AFTER_DAYS)}"
     return command
 
 
@@ -268,6 +379,10 @@ async def _submit(
     paths = await _paths(job, host, share_dir, script_path, token, timeout)
     wrapper, bootstrap = _render(job, paths, payload_path)
 
+    prepared = await _prepare(paths, host, timeout)
+    if not prepared.ok:
+        log.warning("cannot use the job directory on %s: %s", host, prepared.stderr.strip())
+        return SlurmResult(None, prepared)
     up = await _upload(paths, wrapper, bootstrap, host, timeout)
     if not up.ok:
         await _cleanup(paths, host, timeout)
@@ -305,44 +420,78 @@ async def submit(
     script_path: str | None = None,
     timeout: float | None = None,
 ) -> SlurmResult:
-    """Submit a SLURM job: upload bootstrap + sbatch wrapper (SFTP, 0700), run sbatch.
+    """Submit a SLURM job to a remote host via SSH.
 
-    ``share_dir`` (visible to all nodes; needed for multi-node jobs when home is not
-    shared) holds the scripts; without it they go to ``~/.dispatch/jobs/``.
-    ``script_path`` is a remote path prefix: the scripts become ``<prefix>.sbatch.sh`` and
-    ``<prefix>.bootstrap.sh``. A rejected job returns ``job_id=None`` with sbatch's stderr
-    and leaves no files behind. When the connection broke while sbatch ran, the job id is
-    recovered by its token (``ssh_result`` is then the broken call's, ``may_have_run``);
-    ``job_id=None`` with ``may_have_run`` means the outcome could not be established.
-    Multi-node jobs need the scripts on a directory every node sees: ``share_dir``, or a
-    home directory shared by the nodes (the default location).
+    Uploads two scripts (SFTP, atomic, mode 0700) and runs ``sbatch --parsable``: the
+    bootstrap (what every task runs: setup, then the command) and the sbatch wrapper
+    (the ``#SBATCH`` directives, then ``srun`` on the bootstrap). They go into a fresh
+    0700 directory under ``share_dir/.dispatch-<user>/jobs/`` or ``~/.dispatch/jobs/``;
+    every level must be a directory owned by the caller and writable by nobody else,
+    otherwise nothing is uploaded and the result names the directory and its owner.
+    A rejected job returns ``job_id=None`` with sbatch's stderr and leaves no files
+    behind. When the connection broke while sbatch ran, the job id is recovered by a
+    token in the job's comment (``ssh_result`` is then the broken call's, with
+    ``may_have_run``); ``job_id=None`` with ``may_have_run`` means the outcome could not
+    be established. The job is never submitted twice.
+
+    Args:
+        job: The job to submit.
+        host: SSH host alias with SLURM access (a login node).
+        share_dir: Directory visible to all nodes (needed for multi-node jobs when the
+            home directory is not shared); the scripts go to its ``.dispatch-<user>/``.
+        script_path: Remote path prefix instead: the scripts become
+            ``<prefix>.sbatch.sh`` and ``<prefix>.bootstrap.sh``.
+        timeout: Seconds for each SSH call (None: no limit).
+
+    Returns:
+        `SlurmResult` with the job id (None when no job was submitted) and the result of
+        the sbatch call (or of the failed preparation/upload).
     """
     return await _submit(job, host, share_dir, script_path, timeout)
 
 
 async def _snapshot(repo_path: str | None, dirty: bool) -> bytes:
-    """The repo as tar.gz (:func:`dispatch.shipping.snapshot` / ``snapshot_dirty``), off-loop."""
+    """The repo as tar.gz (`dispatch.shipping.snapshot` / ``snapshot_dirty``), off-loop."""
     if dirty:
         return await asyncio.to_thread(ship.snapshot_dirty, repo_path)
     return await asyncio.to_thread(ship.snapshot, repo_path)
 
 
+_CACHED = "@@dispatch-payload-cached@@"
+
+
 async def upload_payload(
     tarball: bytes, host: str, share_dir: str, timeout: float | None = None
-) -> str:
-    """Upload a payload under its sha256 into ``share_dir`` (skipped when already there);
-    return its absolute remote path."""
+) -> tuple[str, RunResult]:
+    """Upload a payload under its sha256 into ``share_dir/.dispatch-<user>/payloads``.
+
+    The upload is skipped when a file of that name is already there, owned by us, mode
+    0600 and with the right sha256 (checked remotely in the same command that checks the
+    directories). Returns the absolute remote path and the result; the path is usable
+    only when the result is ok (a failed result names the reason).
+    """
     digest = hashlib.sha256(tarball).hexdigest()
-    base = await _absolute(share_dir, host, timeout)
-    path = f"{base}/{PAYLOADS_SUBDIR}/{digest}.tar.gz"
-    exists = await run(["test", "-f", path], host, timeout=timeout, retries=1)
-    if exists.ok:
+    base = await _private_base(host, share_dir, timeout)
+    directory = f"{base}/{PAYLOADS_SUBDIR}"
+    path = f"{directory}/{digest}.tar.gz"
+    q = shlex.quote(path)
+    check = (
+        f"{_ensure_private_dirs([base, directory])}; "
+        f"if [ -f {q} ] && [ ! -L {q} ] && [ -O {q} ] "
+        f'&& [ "$(stat -c %a -- {q})" = 600 ] '
+        f'&& [ "$(sha256sum < {q} | cut -d" " -f1)" = {digest} ]; then echo {_CACHED}; fi'
+    )
+    checked = await run(check, host, timeout=timeout, retries=1)
+    if not checked.ok:
+        return path, checked
+    if _CACHED in checked.stdout:
         log.debug("payload %s already on %s", digest[:12], host)
-        return path
+        return path, checked
     up = await write_file(host, path, tarball, mode=0o600, timeout=timeout)
     if not up.ok:
-        raise SubmitError(f"uploading the payload to {host}:{path} failed: {up.stderr.strip()}")
-    return path
+        stderr = f"uploading the payload to {host}:{path} failed: {up.stderr.strip()}\n"
+        return path, RunResult(up.returncode, up.stdout, stderr, may_have_run=up.may_have_run)
+    return path, up
 
 
 async def submit_packed(
@@ -354,12 +503,31 @@ async def submit_packed(
     script_path: str | None = None,
     timeout: float | None = None,
 ) -> SlurmResult:
-    """Submit a job with a snapshot of a local git repo as its payload.
+    """Submit a SLURM job with code packed into the script.
 
-    With ``share_dir`` the tarball is uploaded there once (named by its sha256, so
-    unchanged code is not uploaded again) and every node extracts it from there;
-    without it the tarball is embedded (base64) in the bootstrap script, which must stay
-    under slurmctld's 4 MB script limit (SubmitError otherwise, before any upload).
+    The payload is a tar.gz snapshot of a local git repo, extracted on each node (to
+    ``job.payload_extract_to``, by default ``$SLURM_TMPDIR/code``). With ``share_dir``
+    the tarball is uploaded once into ``share_dir/.dispatch-<user>/payloads/`` under its
+    sha256 (a cached copy is reused only if it is ours, mode 0600 and has that sha256)
+    and every node extracts it from there; without it the tarball is embedded (base64)
+    in the bootstrap script, which must stay under slurmctld's 4 MB script limit.
+
+    Args:
+        job: The job to submit (its ``payload`` is replaced).
+        host: SSH host alias with SLURM access (a login node).
+        repo_path: Local git repository to pack (default: the current directory).
+        share_dir: Directory visible to all nodes, for the scripts and the payload.
+        dirty: Include uncommitted changes (default: only committed files).
+        script_path: Remote path prefix for the scripts (see `submit`).
+        timeout: Seconds for each SSH call (None: no limit).
+
+    Returns:
+        `SlurmResult` as from `submit`; a failed payload upload gives ``job_id=None``
+        and the upload's result.
+
+    Raises:
+        SubmitError: The embedded payload would exceed the script size limit (raised
+            before anything is uploaded).
     """
     share_dir = _check_dir("share_dir", share_dir)
     tarball = await _snapshot(repo_path, dirty)
@@ -367,5 +535,7 @@ async def submit_packed(
         # Fail fast on size, before anything is uploaded.
         _check_size("embedded payload (base64)", (len(tarball) + 2) // 3 * 4)
         return await _submit(job.pack(tarball), host, None, script_path, timeout)
-    payload_path = await upload_payload(tarball, host, share_dir, timeout)
+    payload_path, up = await upload_payload(tarball, host, share_dir, timeout)
+    if not up.ok:
+        return SlurmResult(None, up)
     return await _submit(job, host, share_dir, script_path, timeout, payload_path=payload_path)

@@ -1,6 +1,6 @@
 """The SSH half of the API: pooled asyncssh connections, commands, transfers, tunnels.
 
-Every coroutine here has a blocking twin in :mod:`dispatch` (generated, same signature).
+Every coroutine here has a blocking twin in ``dispatch`` (generated, same signature).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import asyncssh
 
 from ..errors import InvalidValueError
 from ..results import RunResult
-from .pool import ConnectError, Lease, MayHaveRunError, _jitter, current_pool
+from .pool import ConnectError, Lease, MayHaveRunError, Pool, _jitter, current_pool
 
 __all__ = ["run", "run_many", "is_reachable"]
 
@@ -114,7 +114,7 @@ def _signal_code(name: str) -> int:
         return 255
 
 
-async def _kill_remote(host: str, run_id: str) -> None:
+async def _kill_remote(host: str, run_id: str, pool: Pool | None = None) -> None:
     """Kill the process tree tagged ``run_id`` over a second channel (bounded in time)."""
     try:
         res = await asyncio.wait_for(
@@ -125,6 +125,7 @@ async def _kill_remote(host: str, run_id: str) -> None:
                 login_shell=False,
                 input=None,
                 tag=False,
+                pool=pool,
             ),
             _KILL_TIMEOUT,
         )
@@ -142,9 +143,10 @@ async def _run_once(
     login_shell: bool,
     input: bytes | str | None,
     tag: bool = True,
+    pool: Pool | None = None,
 ) -> tuple[RunResult, bool]:
     """One attempt. Returns the result and whether a retry could help (connection failure)."""
-    pool = current_pool()
+    pool = pool if pool is not None else current_pool()
     run_id = secrets.token_hex(8)
     command = wrap_command(text, run_id, login_shell=login_shell) if tag else text
     loop = asyncio.get_running_loop()
@@ -164,6 +166,8 @@ async def _run_once(
         return await conn.create_session(factory, command, encoding=None)
 
     data = input.encode("utf-8") if isinstance(input, str) else input
+    if tag:
+        pool.running[run_id] = (host, asyncio.current_task())
     try:
         async with asyncio.timeout(timeout):
             lease, (chan, _) = await pool.open_channel(
@@ -179,7 +183,7 @@ async def _run_once(
         partial_err = _decode(session.err) if session else ""
         started = session is not None
         if started:
-            await _kill_remote(host, run_id)
+            await _kill_remote(host, run_id, pool)
             if chan is not None:
                 chan.close()
                 with contextlib.suppress(TimeoutError):
@@ -202,13 +206,20 @@ async def _run_once(
     except BaseException:
         # Cancelled by the caller (Ctrl-C in a blocking call, a task group failing): do
         # not leave the remote command running behind our back.
-        if session is not None and tag and not session.closed:
-            pool._spawn(_kill_remote(host, run_id))
+        kill = None
+        mine = pool.running.pop(run_id, None) is not None  # else close() already killed it
+        if session is not None and tag and not session.closed and mine:
+            kill = pool._spawn_cleanup(_kill_remote(host, run_id, pool))
         if chan is not None:
             chan.close()
         if lease is not None:
             lease.release()
+        if kill is not None:  # gone before the caller sees the cancellation (bounded)
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(kill)
         raise
+    finally:
+        pool.running.pop(run_id, None)
     assert session is not None and lease is not None
     lease.release()
     out, err = _decode(session.out), _decode(session.err)
@@ -245,6 +256,12 @@ async def run(
     transport. ``timeout`` (seconds, whole call) gives returncode -1 and the remote process
     tree is killed. If the connection breaks after the command started, the result has
     returncode 255 and ``may_have_run=True``; it is re-run only if ``retries`` > 0.
+    Cancelling the awaiting task kills the remote command as well.
+
+    Secrets belong on stdin (``input=``) or in an uploaded file (``write_file``), never
+    in the command line: asyncssh logs every exec'd command line at INFO on its
+    ``asyncssh`` logger, and the command is visible in the remote ``ps``. dispatch's own
+    loggers never log command text or environment values, at any level.
 
     Args:
         cmd: command to execute (string or list of args).

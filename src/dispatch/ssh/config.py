@@ -2,7 +2,7 @@
 
 Host *resolution* (HostName, Port, User, IdentityFile, ProxyJump, Include, Match...) is
 done by asyncssh's own OpenSSH config support when a connection is prepared (see
-:mod:`dispatch.ssh.pool`); this module only lists aliases, a pure parser plus a small
+``dispatch.ssh.pool``); this module only lists aliases, a pure parser plus a small
 I/O wrapper.
 """
 
@@ -178,6 +178,9 @@ def hosts() -> list[str]:
     ``~/.ssh/config``; inside ``async with Pool(ssh_config=...)`` that pool's file), following
     ``Include``, in file order without duplicates. Excludes wildcard patterns and special
     entries (``*``, ``?``, negated ``!`` patterns and ``Match`` blocks).
+
+    Returns:
+        Host aliases in file order (empty if the config file does not exist).
     """
     from .pool import _configured_ssh_config  # local import: pool imports this module
 

@@ -49,6 +49,9 @@ _REFUSED_CODES = frozenset(
 )
 
 
+_CLEANUP_TIMEOUT = 15.0  # seconds close() waits for pending remote kills
+
+
 class ConnectError(DispatchError):
     """An SSH connection could not be made (resolve, refuse, auth, host key, timeout).
 
@@ -68,6 +71,24 @@ class HostKeyConnectError(ConnectError, HostKeyError):
 
 class MayHaveRunError(DispatchError):
     """The connection broke after the channel's request was sent: it may have taken effect."""
+
+
+class _HandshakeTimeout(TimeoutError):
+    """Connect timed out after TCP was up: in the SSH handshake or authentication."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"SSH handshake/authentication timed out after {seconds:g}s")
+        self.seconds = seconds
+
+
+class _PhaseClient(asyncssh.SSHClient):
+    """Records that the TCP connection completed, to say which connect phase timed out."""
+
+    def __init__(self, tcp_up: list[bool]) -> None:
+        self._tcp_up = tcp_up
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._tcp_up.append(True)
 
 
 @dataclass(frozen=True)
@@ -184,22 +205,33 @@ def _jitter(base: float, attempt: int, cap: float = 5.0) -> float:
 class Pool:
     """Owns all SSH connections of a scope; ``async with Pool(...):`` makes it current.
 
-    Options (all keyword, with defaults):
-      ssh_config: OpenSSH client config (default ``$DISPATCH_SSH_CONFIG``, else ``~/.ssh/config``).
-      known_hosts: known_hosts file overriding the config's UserKnownHostsFile (default
-        ``$DISPATCH_KNOWN_HOSTS``, else what the config says, else ``~/.ssh/known_hosts``).
-      max_channels_per_connection: concurrent channels per connection (MaxSessions - 2).
-      max_connections_per_host: extra connections opened when all channels are busy.
-      max_concurrent_handshakes: handshakes in flight per server address (MaxStartups).
-      connect_timeout: seconds per connect attempt (the config's ConnectTimeout wins).
-      connect_retries / retry_backoff: retries of connects that failed in transport
-        (refused, reset, dropped by MaxStartups), with exponential backoff and jitter.
-      keepalive_interval / keepalive_count_max: SSH keepalives (dead connections are
-        detected and replaced); None takes the config's ServerAlive* values.
-      idle_timeout: seconds after which an unused connection is closed (None: never).
-      accept_new_host_keys: like ``StrictHostKeyChecking accept-new``: record the key of a
-        host not yet in known_hosts (a *changed* key is still refused).
-      channel_open_retries: how often a refused channel open is retried.
+    Every dispatch call inside the block uses this pool (see ``current_pool``); leaving
+    the block closes its connections and in-process tunnels.
+
+    Args:
+        ssh_config: OpenSSH client config (default ``$DISPATCH_SSH_CONFIG``, else
+            ``~/.ssh/config``).
+        known_hosts: known_hosts file overriding the config's UserKnownHostsFile (default
+            ``$DISPATCH_KNOWN_HOSTS``, else what the config says, else
+            ``~/.ssh/known_hosts``).
+        max_channels_per_connection: concurrent channels per connection (MaxSessions - 2).
+        max_connections_per_host: extra connections opened when all channels are busy.
+        max_concurrent_handshakes: handshakes in flight per server address (MaxStartups).
+        connect_timeout: seconds per connect attempt (the config's ConnectTimeout wins).
+        connect_retries: retries of connects that failed in transport (refused, reset,
+            dropped by MaxStartups).
+        retry_backoff: base delay in seconds of those retries (exponential, with jitter).
+        keepalive_interval: seconds between SSH keepalives (dead connections are detected
+            and replaced); None takes the config's ServerAliveInterval.
+        keepalive_count_max: unanswered keepalives before a connection counts as dead;
+            None takes the config's ServerAliveCountMax.
+        idle_timeout: seconds after which an unused connection is closed (None: never).
+        accept_new_host_keys: like ``StrictHostKeyChecking accept-new``: record the key of
+            a host not yet in known_hosts (a *changed* key is still refused).
+        channel_open_retries: how often a refused channel open is retried.
+
+    Raises:
+        ValueError: a channel/connection/handshake limit that is not an int >= 1.
     """
 
     def __init__(
@@ -245,6 +277,10 @@ class Pool:
         self._handshakes: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cleanups: set[asyncio.Task[Any]] = set()  # awaited (not cancelled) by close
+        # Commands in flight: run id -> (host, awaiting task). A command whose task was
+        # cancelled is killed by ``close`` if its own cleanup has not started yet.
+        self.running: dict[str, tuple[str, asyncio.Task[Any] | None]] = {}
         self._closed = False
         self._tokens: list[contextvars.Token[Pool | None]] = []
         self._ident = 0
@@ -268,18 +304,34 @@ class Pool:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close`` has been called (a closed pool refuses new work)."""
         return self._closed
 
     def effective_ssh_config(self) -> Path:
+        """The ssh config file this pool reads.
+
+        Returns:
+            ``ssh_config`` if given, else ``$DISPATCH_SSH_CONFIG``, else ``~/.ssh/config``.
+        """
         return self.ssh_config or default_ssh_config()
 
     def effective_known_hosts(self) -> Path | None:
+        """The known_hosts file that overrides the config's UserKnownHostsFile.
+
+        Returns:
+            ``known_hosts`` if given, else ``$DISPATCH_KNOWN_HOSTS``, else None (the
+            config decides).
+        """
         return self.known_hosts or default_known_hosts()
 
     # -- stats ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, PoolStats]:
-        """Counters per host string: open/peak connections and channels, connects made."""
+        """Counters per host string: open/peak connections and channels, connects made.
+
+        Returns:
+            Dict mapping each host string used with this pool to its ``PoolStats``.
+        """
         out = {}
         for key, s in self._slots.items():
             live = s.live()
@@ -315,10 +367,41 @@ class Pool:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _spawn_cleanup(self, coro: Awaitable[T]) -> asyncio.Task[T]:
+        """Run remote cleanup (killing a cancelled command) that ``close`` waits for."""
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return task
+
+    async def _finish_cleanups(self) -> None:
+        """Kill commands whose task was cancelled, and wait for pending kills (bounded).
+
+        ``task.cancel()`` followed at once by leaving ``async with Pool()`` reaches here
+        before the cancelled task ran its own cleanup: kill its command now, while the
+        connections are still open (a closed channel does not stop a remote command).
+        """
+        from .commands import _kill_remote  # local import: commands imports this module
+
+        for run_id, (host, task) in list(self.running.items()):
+            if task is not None and task.cancelling():
+                del self.running[run_id]
+                self._spawn_cleanup(_kill_remote(host, run_id, self))
+        deadline = time.monotonic() + _CLEANUP_TIMEOUT
+        while self._cleanups and time.monotonic() < deadline:
+            await asyncio.wait(list(self._cleanups), timeout=deadline - time.monotonic())
+
     async def close(self) -> None:
-        """Close every connection and tunnel of this pool (idempotent)."""
+        """Close every connection and tunnel of this pool (idempotent).
+
+        Returns:
+            None.
+        """
         if self._closed:
             return
+        with contextlib.suppress(RuntimeError):  # another process or loop: nothing to kill
+            self._check()
+            await self._finish_cleanups()
         self._closed = True
         if self._pid != os.getpid():  # never touch a parent's sockets
             self._slots.clear()
@@ -518,13 +601,21 @@ class Pool:
         tunnel, cleanups = await self._tunnel_for(slot, opts)
         timeout = float(opts.connect_timeout or self.connect_timeout)
         sem = self._handshake_sem((str(opts.host), int(opts.port)))
+        tcp_up: list[bool] = []  # non-empty once the TCP connection is up
         try:
             async with sem:
                 log.debug("connecting to %s (%s:%s)", slot.key, opts.host, opts.port)
                 kwargs: dict[str, Any] = {"options": opts}
                 if tunnel is not None:
                     kwargs["tunnel"] = tunnel
+                kwargs["client_factory"] = lambda: _PhaseClient(tcp_up)
                 conn = await asyncio.wait_for(asyncssh.connect(opts.host, **kwargs), timeout)
+        except TimeoutError:
+            for fn in cleanups:
+                fn()
+            if tcp_up:
+                raise _HandshakeTimeout(timeout) from None
+            raise
         except BaseException:
             for fn in cleanups:
                 fn()
@@ -542,15 +633,23 @@ class Pool:
             return f"ssh: Could not resolve hostname {host}: {exc.strerror}", False
         if isinstance(exc, ConnectionRefusedError):
             return f"ssh: connect to host {target}: Connection refused", True
+        if isinstance(exc, _HandshakeTimeout):
+            return (
+                f"ssh: connect to host {target}: SSH handshake/authentication timed out after "
+                f"{exc.seconds:g}s (the TCP connection was established; the server stopped "
+                "answering)",
+                False,
+            )
         if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-            return f"ssh: connect to host {target}: Connection timed out", False
+            return f"ssh: connect to host {target}: Connection timed out (TCP connect)", False
         if isinstance(exc, asyncssh.PermissionDenied):
+            who = slot.key if "@" in slot.key else f"{user}@{slot.key}"
             keys = ""
             if opts is not None:
                 ids: Any = opts.config.get("IdentityFile") or []
                 keys = f" (identity files: {', '.join(str(i) for i in ids)})" if ids else ""
             return (
-                f"ssh: {user}@{slot.key}: Permission denied (publickey): no usable key was "
+                f"ssh: {who}: Permission denied (publickey): no usable key was "
                 f"accepted{keys}; password and keyboard-interactive logins are disabled",
                 False,
             )
@@ -683,12 +782,30 @@ class Pool:
     async def connect(self, host: str) -> asyncssh.SSHClientConnection:
         """A pooled, authenticated connection to ``host`` (for port forwarding and such).
 
-        Raises :class:`ConnectError` (or :class:`HostKeyConnectError`) when it cannot connect.
+        Args:
+            host: SSH host (name, alias, ``user@host`` or ``host:port``).
+
+        Returns:
+            The asyncssh connection; it stays owned by the pool (do not close it).
+
+        Raises:
+            ConnectError: the host cannot be reached or refused the login
+                (``HostKeyConnectError`` for host-key problems).
         """
         return (await self._pick_conn(self._slot(host), reserve=False)).conn
 
     async def pin(self, host: str) -> tuple[asyncssh.SSHClientConnection, Callable[[], None]]:
-        """Like :meth:`connect` but keeps the connection from idle close until ``unpin()``."""
+        """Like ``connect`` but keeps the connection from idle close until ``unpin()``.
+
+        Args:
+            host: SSH host (name, alias, ``user@host`` or ``host:port``).
+
+        Returns:
+            The connection and an idempotent ``unpin`` callable.
+
+        Raises:
+            ConnectError: the host cannot be reached or refused the login.
+        """
         slot = self._slot(host)
         c = await self._pick_conn(slot, reserve=False)
         c.pins += 1
@@ -714,7 +831,20 @@ class Pool:
         A refused channel open (MaxSessions) is retried with backoff; a connection found
         dead before the channel opened is replaced. ``started()`` tells whether the
         opener got far enough that its request may have taken effect: then a broken
-        connection raises :class:`MayHaveRunError` instead of being retried.
+        connection raises ``MayHaveRunError`` instead of being retried.
+
+        Args:
+            host: SSH host (name, alias, ``user@host`` or ``host:port``).
+            opener: coroutine function opening the channel on the given connection.
+            started: tells whether the opener's request may already have taken effect.
+
+        Returns:
+            The ``Lease`` of the channel slot (call ``release()`` when done) and what
+            ``opener`` returned.
+
+        Raises:
+            ConnectError: the host cannot be reached, or channel opens kept being refused.
+            MayHaveRunError: the connection broke after the request may have taken effect.
         """
         slot = self._slot(host)
         refusals = 0
@@ -773,8 +903,14 @@ _default_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool] = (
 
 
 def current_pool() -> Pool:
-    """The pool in the current context: the innermost ``async with Pool()``, else the
-    default pool of the running event loop (created on first use). Call from a coroutine.
+    """The pool in the current context.
+
+    The innermost ``async with Pool()``, else the default pool of the running event loop
+    (created on first use, closed when the blocking API's loop shuts down). Call it from
+    a coroutine.
+
+    Returns:
+        The current ``Pool``.
     """
     pool = _current.get()
     pid = os.getpid()

@@ -128,6 +128,74 @@ async def _rename(sftp: asyncssh.SFTPClient, src: str, dst: str) -> None:
         await sftp.rename(src, dst, flags=asyncssh.FXR_OVERWRITE)
 
 
+async def _makedirs(sftp: asyncssh.SFTPClient, path: str, host: str) -> None:
+    """Create ``path`` and its missing parents, one level at a time.
+
+    asyncssh's ``makedirs`` hides a refused intermediate ``mkdir`` and then reports "No
+    such file"; here the first level that cannot be created is named with the reason.
+    """
+    missing: list[str] = []
+    cur = path.rstrip("/")
+    while cur not in ("", "/", "."):
+        try:
+            kind = await _remote_isdir(sftp, cur)
+        except asyncssh.SFTPPermissionDenied:
+            raise _Failed(
+                1, f"dispatch: cannot access '{cur}' on {host}: Permission denied") from None
+        if kind is True:
+            break
+        if kind is False:
+            raise _Failed(
+                1, f"dispatch: cannot create directory '{cur}' on {host}: File exists "
+                "(not a directory)")
+        missing.append(cur)
+        cur = posixpath.dirname(cur)
+    for d in reversed(missing):
+        try:
+            await sftp.mkdir(d)
+        except asyncssh.SFTPPermissionDenied:
+            raise _Failed(
+                1, f"dispatch: cannot create directory '{d}' on {host}: Permission denied"
+            ) from None
+        except asyncssh.SFTPError:
+            if await _remote_isdir(sftp, d) is not True:  # not made concurrently: a real error
+                raise
+
+
+def _sftp_error(exc: BaseException) -> asyncssh.SFTPError | None:
+    """The SFTP error behind ``exc`` (possibly inside a TaskGroup's ExceptionGroup)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, asyncssh.SFTPError) else None
+
+
+async def _explain(
+    sftp: asyncssh.SFTPClient, exc: asyncssh.SFTPError, host: str, path: str, size: int
+) -> _Failed:
+    """A clear message for a failed write: SFTP says only "Failure" when the disk is full.
+
+    Asks the server for the free space of the target's filesystem (``statvfs``, an
+    OpenSSH extension; skipped if unsupported) while the partial temp file still exists.
+    """
+    parent = posixpath.dirname(path.rstrip("/")) or "."
+    if not isinstance(exc, asyncssh.SFTPPermissionDenied | asyncssh.SFTPNoSuchFile):
+        free, probe = None, parent
+        for _ in range(8):  # the nearest existing ancestor (a failed mkdir left none)
+            try:
+                vfs = await asyncio.wait_for(sftp.statvfs(probe), 10.0)
+                free = int(vfs.bavail) * int(vfs.frsize or vfs.bsize)
+                break
+            except asyncssh.SFTPNoSuchFile:
+                probe = posixpath.dirname(probe) or "."
+            except (asyncssh.Error, OSError, TimeoutError):
+                break
+        if free is not None and free < size:
+            return _Failed(
+                1, f"dispatch: No space left on device on {host}:{parent} ({free} bytes free, "
+                f"{size} bytes to write)")
+    return _Failed(1, f"dispatch: writing {host}:{path}: {exc.reason}")
+
+
 def _result(exc: BaseException, what: str, host: str, timeout: float | None) -> RunResult:
     # Parallel directory uploads fail as an ExceptionGroup (TaskGroup): report the first.
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -157,8 +225,21 @@ async def write_file(
     """Write ``data`` to ``remote_path`` on ``host`` atomically (temp name, then rename).
 
     Parent directories are created. The file is never readable by others while written
-    (created 0600, then set to ``mode``). Failure: returncode != 0 with a clear stderr,
-    and no partial file under the final name.
+    (created 0600, then set to ``mode``). Failure: returncode != 0 with a clear stderr
+    naming the host and path (a full disk says "No space left on device" with the free
+    bytes; an uncreatable parent says which directory and why), and no partial file under
+    the final name.
+
+    Args:
+        host: SSH host (name, alias, ``user@host`` or ``host:port``).
+        remote_path: destination path on the host (``~/`` is the home directory).
+        data: the file's content (``str`` is encoded as UTF-8).
+        mode: permission bits of the final file (default 0600: private).
+        timeout: optional timeout in seconds for the whole call.
+
+    Returns:
+        RunResult: returncode 0 on success; non-zero with stderr on failure (255 when the
+        host cannot be reached, -1 on timeout).
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -167,17 +248,22 @@ async def write_file(
         async with asyncio.timeout(timeout), _sftp(host) as sftp:
             path = _remote(remote_path)
             parent = posixpath.dirname(path.rstrip("/"))
-            if parent:
-                await sftp.makedirs(parent, exist_ok=True)
             tmp = _tmp_name(path)
             try:
+                if parent:
+                    await _makedirs(sftp, parent, host)
                 attrs = asyncssh.SFTPAttrs(permissions=0o600)
                 async with sftp.open(tmp, "wb", attrs) as fh:
                     await fh.write(data)
                 await sftp.chmod(tmp, mode)
                 await _rename(sftp, tmp, path)
-            except BaseException:
+            except BaseException as exc:
+                err = _sftp_error(exc)
+                clear = await asyncio.shield(_explain(sftp, err, host, path, len(data))) if err \
+                    else None
                 await asyncio.shield(_rm_remote(sftp, tmp))
+                if clear is not None:
+                    raise clear from None
                 raise
     except Exception as exc:
         return _result(exc, what, host, timeout)
@@ -195,7 +281,11 @@ async def copy_to(
     """Copy a local file/directory to a remote host (SFTP, recursive, modes preserved).
 
     The upload lands atomically (temporary name in the target directory, then rename).
-    Like ``scp``: onto an existing remote directory, the source goes inside it.
+    Like ``scp``: onto an existing remote directory, the source goes inside it. On a
+    failure, timeout or cancellation the temporary file is removed and the final name is
+    untouched. Only if this process is killed outright (SIGKILL, power loss) can a
+    ``.<name>.dispatch-<hex>.tmp`` file stay behind in the target directory; the final
+    name still never holds a partial file.
 
     Args:
         local_path: local file or directory path.
@@ -215,13 +305,13 @@ async def copy_to(
             dst = _remote(remote_path)
             kind = await _remote_isdir(sftp, dst)
             if kind is None and remote_path.endswith("/"):
-                await sftp.makedirs(dst, exist_ok=True)
+                await _makedirs(sftp, dst, host)
                 kind = True
             target = posixpath.join(dst, src.name) if kind else dst.rstrip("/") or dst
             parent = posixpath.dirname(target)
             if parent:
-                await sftp.makedirs(parent, exist_ok=True)
-            await _upload(sftp, src, target, tracker)
+                await _makedirs(sftp, parent, host)
+            await _upload(sftp, src, target, tracker, host)
     except Exception as exc:
         return _result(exc, what, host, timeout)
     return RunResult(0, "", "")
@@ -343,7 +433,9 @@ def _local_tree(src: Path) -> list[tuple[str, int, list[str]]]:
     return tree
 
 
-async def _upload(sftp: asyncssh.SFTPClient, src: Path, target: str, tracker: _Tracker) -> None:
+async def _upload(
+    sftp: asyncssh.SFTPClient, src: Path, target: str, tracker: _Tracker, host: str
+) -> None:
     existing = await _remote_isdir(sftp, target)
     is_dir = _is_dir(src)
     if is_dir and existing is False:
@@ -375,8 +467,13 @@ async def _upload(sftp: asyncssh.SFTPClient, src: Path, target: str, tracker: _T
                     raise _Failed(1, f"dispatch: copy_to: {rdst!r} is a directory")
                 await _rename(sftp, posixpath.join(tdir, name), rdst)
         await sftp.rmtree(tmp)
-    except BaseException:
+    except BaseException as exc:
+        err = _sftp_error(exc)
+        clear = await asyncio.shield(_explain(sftp, err, host, target, tracker.total)) if err \
+            else None
         await asyncio.shield(_rm_remote(sftp, tmp))
+        if clear is not None:
+            raise clear from None
         raise
 
 

@@ -148,7 +148,7 @@ async def forward_port(
     The forward listens on 127.0.0.1:local_port and is verified by a real connection
     through it before this returns. Occupied local port or bad ports: a failed
     TunnelResult (returncode != 0) with a clear stderr. Close it with
-    :func:`close_tunnel`.
+    ``close_tunnel``.
 
     Args:
         host: SSH host (name, alias, or user@host).
@@ -253,10 +253,16 @@ def _pid_gone(pid: int) -> bool:
 
 
 async def close_tunnel(tunnel: TunnelResult | int) -> bool:
-    """Close a tunnel started by :func:`forward_port` (a TunnelResult or its local port).
+    """Close a tunnel started by ``forward_port`` (a TunnelResult or its local port).
 
     In-process tunnels stop listening; a detached helper is sent SIGTERM and waited for.
-    Returns True if a tunnel was closed.
+
+    Args:
+        tunnel: the ``TunnelResult`` from ``forward_port``, or the local port of an
+            in-process tunnel of the current pool.
+
+    Returns:
+        True if a tunnel was closed, False if there was nothing (left) to close.
     """
     if isinstance(tunnel, TunnelResult) and tunnel.detached:
         if tunnel.pid is None:

@@ -3,7 +3,7 @@
 # load modules, export env, mount JuiceFS, extract the code, write the Python bootstrap,
 # uv sync, run the setup commands, then the command.
 # SC2016/SC1003: values are single-quoted on purpose (data, not expansions or escapes).
-# SC2317: dispatch_cleanup is called from the EXIT trap.
+# SC2317: dispatch_cleanup / dispatch_cleanup_code are called from the EXIT trap.
 # shellcheck disable=SC2016,SC1003,SC2317
 set -euo pipefail
 
@@ -11,8 +11,9 @@ dispatch_log() { printf 'dispatch-bootstrap: %s\n' "$*" >&2; }
 # `exit` in a login shell runs ~/.bash_logout; with errexit still on, a failing line there
 # (Debian's clear_console under srun) would replace our status, so errexit goes off first.
 dispatch_die() { dispatch_log "$1"; set +e; exit "${2:-1}"; }
-dispatch_cleanup() { :; }
-trap 'dispatch_cleanup' EXIT
+dispatch_cleanup() { :; }       # JuiceFS: unmount what this task mounted
+dispatch_cleanup_code() { :; }  # payload: remove a fallback extraction dir (last task out)
+trap 'dispatch_cleanup; dispatch_cleanup_code' EXIT
 
 # --- work dir
 {{workdir}}
