@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import posixpath
 import re
 import secrets
 import shlex
@@ -153,9 +154,12 @@ def _ensure_private_dirs(dirs: list[str]) -> str:
     """Shell code: create each directory (mode 0700) if missing, then insist it is ours.
 
     Each must be a real directory (not a symlink), owned by us and writable by nobody
-    else; otherwise the command fails naming the directory, its owner and its mode.
+    else; otherwise the command fails naming the directory, its owner and its mode. The
+    parent of the first (``share_dir`` itself) is created if missing, with the user's
+    umask: it is meant to be shared.
     """
-    parts = []
+    parent = shlex.quote(posixpath.dirname(dirs[0]) or "/")
+    parts = [f"mkdir -p -- {parent} || exit 1"]
     for d in dirs:
         q = shlex.quote(d)
         parts.append(
