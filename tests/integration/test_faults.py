@@ -10,6 +10,7 @@ aliases at the relay, tarpit and slow-auth servers; host-key checking stays on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -27,7 +28,14 @@ import pytest
 import dispatch.aio as dx
 
 from ..conftest import Testbed
-from ..support.faults import apoll, daemon_down, fault_pool_kwargs, full_dir, readonly_dir
+from ..support.faults import (
+    apoll,
+    daemon_down,
+    fault_pool_kwargs,
+    full_dir,
+    readonly_dir,
+    start_testbed,
+)
 from ..support.netns import blackhole_address
 from ..support.relay import Relay, SlowAuth, StallingSSHServer, Tarpit
 from ..support.remote import poll_until
@@ -595,6 +603,45 @@ async def test_sigkill_during_upload_never_leaves_truncated_file(
     leftovers = sorted(p.name for p in marker_dir.iterdir() if p.name != "big.bin")
     FAULTS[f"client SIGKILL mid-upload (pre-existing={pre_existing})"] = (
         f"final path intact; temp files left: {leftovers}")
+
+
+# ---------------------------------------------------------------------------------------
+# the real sshd restarted between two calls
+# ---------------------------------------------------------------------------------------
+
+
+def _kill_sshd_and_its_sessions(testbed: Testbed) -> None:
+    """SIGKILL the testbed's sshd listener and its whole process tree (every session's
+    monitor and network process): what a crashed or rebooted sshd leaves behind."""
+    master = int((testbed.state_dir / "pids" / "sshd.pid").read_text().strip())
+    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True,
+                           check=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in zip(table[::2], table[1::2], strict=True):
+        children.setdefault(int(ppid), []).append(int(pid))
+    tree, todo = [], [master]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_sshd_restarted_between_calls_reconnects_by_itself(testbed: Testbed) -> None:
+    async with dx.Pool() as pool:
+        first = await dx.run("echo one", testbed.plain, timeout=30)
+        assert first.ok and first.stdout == "one\n", first
+        connects = pool.stats()[testbed.plain].connects
+        _kill_sshd_and_its_sessions(testbed)
+        # the pooled connection is dead; sshd comes back on the same port
+        await asyncio.to_thread(start_testbed)
+        second = await dx.run("echo two", testbed.plain, timeout=30)
+        assert second.ok and second.stdout == "two\n", second
+        assert not second.may_have_run
+        assert pool.stats()[testbed.plain].connects == connects + 1
+    FAULTS["sshd restarted between calls"] = "second call reconnected by itself"
 
 
 # ---------------------------------------------------------------------------------------
