@@ -128,3 +128,21 @@ def test_result_types() -> None:
 def test_pool_rejects_bad_limits(kw: str) -> None:
     with pytest.raises(ValueError, match=kw):
         Pool(**{kw: 0})
+
+
+async def test_named_ssh_config_that_does_not_exist_is_a_clear_error(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dispatch.aio as dx
+
+    missing = f"{tmp_path}/no-such-config"
+    async with Pool(ssh_config=missing):
+        res = await dx.run("true", "somehost", timeout=10)
+    assert res.returncode == 255 and not res.may_have_run
+    assert res.stderr == (
+        f"ssh: somehost: ssh config {missing} (from Pool(ssh_config=...)) does not exist\n"
+    )
+    monkeypatch.setenv("DISPATCH_SSH_CONFIG", missing)
+    async with Pool():
+        res = await dx.run("true", "somehost", timeout=10)
+    assert "(from $DISPATCH_SSH_CONFIG) does not exist" in res.stderr

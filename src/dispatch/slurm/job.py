@@ -36,6 +36,7 @@ from ..hardware import JuiceFSMount
 __all__ = [
     "SlurmJob",
     "SLURM_MAX_SCRIPT_BYTES",
+    "NODE_LOCAL_BASE",
     "script_size",
     "shell_path",
     "sbatch_quote",
@@ -66,6 +67,11 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]*$")
 _VAR_PREFIX = re.compile(r"^(?:\$([A-Za-z_][A-Za-z0-9_]*)|\$\{([A-Za-z_][A-Za-z0-9_]*)\})")
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+#: Default node-local base directory for sbcast copies of an embedded bootstrap
+#: (rendered as ``${TMPDIR:-/tmp}``).
+NODE_LOCAL_BASE = "$TMPDIR"
+_TMPDIR_WORDS = ("$TMPDIR", "${TMPDIR}")
 
 
 def _bad(fieldname: str, value: object, why: str) -> InvalidValueError:
@@ -310,11 +316,17 @@ class SlurmJob:
 
         Args:
             bootstrap_script_path: Where the bootstrap is on the nodes; may start with
-                ``~/``, ``$VAR`` or ``${VAR}`` (expanded on the node).
-            embed_bootstrap: A rendered bootstrap to embed: the wrapper writes it to
-                ``bootstrap_script_path`` on the first node and ``sbcast``s it to the
-                others, so multi-node jobs work without a shared directory (the bootstrap
-                then counts toward the 4 MB limit).
+                ``~/``, ``$VAR`` or ``${VAR}`` (expanded on the node). With
+                ``embed_bootstrap`` it is instead the node-local base directory for the
+                copies (``$TMPDIR`` falls back to ``/tmp`` when unset; see `NODE_LOCAL_BASE`).
+            embed_bootstrap: A rendered bootstrap to embed, so multi-node jobs work
+                without a shared directory: the wrapper writes it to a private staging
+                file on the batch node, ``sbcast``s it to
+                ``<base>/dispatch-<jobid>-<random>/bootstrap.sh`` (a fresh 0700 directory
+                made on every node by a helper step), runs it there and removes the copies
+                when the wrapper exits (a helper step on every node; a job killed by
+                scancel or its time limit may leave them to the node's tmp cleaner). The
+                bootstrap then counts toward the 4 MB limit.
 
         Returns:
             The wrapper script text.
@@ -322,24 +334,24 @@ class SlurmJob:
         _check_text("bootstrap_script_path", bootstrap_script_path)
         if not bootstrap_script_path:
             raise InvalidValueError("bootstrap_script_path must not be empty")
-        path = shell_path(bootstrap_script_path)
-        stage = ""
-        if embed_bootstrap is not None:
+        srun = f"--cpus-per-task={self.cpus_per_task} " if self.cpus_per_task else ""
+        if embed_bootstrap is None:
+            launch = f"exec srun {srun}bash -l {shell_path(bootstrap_script_path)}"
+        else:
             _check_no_nul("embed_bootstrap", embed_bootstrap)
             body = embed_bootstrap.rstrip("\n")
-            stage = _render(
+            base = bootstrap_script_path.rstrip("/") or "/"
+            launch = _render(
                 "sbcast.sh",
-                bootstrap_path=path,
+                base='"${TMPDIR:-/tmp}"' if base in _TMPDIR_WORDS else shell_path(base),
                 bootstrap=body,
                 eof=_heredoc_tag("DISPATCH_BOOTSTRAP_EOF", body),
+                srun_options=srun,
             ).rstrip("\n")
-        srun = f"--cpus-per-task={self.cpus_per_task} " if self.cpus_per_task else ""
         return _render(
             "sbatch.sh",
             directives="\n".join(f"#SBATCH {d}" for d in self.sbatch_directives()),
-            stage_bootstrap=stage,
-            srun_options=srun,
-            bootstrap_path=path,
+            launch=launch,
         )
 
     def sbatch_directives(self) -> list[str]:

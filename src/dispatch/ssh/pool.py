@@ -36,7 +36,13 @@ import asyncssh
 
 from .. import _blocking
 from ..errors import DispatchError, HostKeyError
-from .config import HostSpec, default_known_hosts, default_ssh_config, parse_host
+from .config import (
+    SSH_CONFIG_ENV,
+    HostSpec,
+    default_known_hosts,
+    default_ssh_config,
+    parse_host,
+)
 
 __all__ = ["Pool", "PoolStats", "current_pool", "ConnectError", "HostKeyConnectError"]
 
@@ -477,6 +483,11 @@ class Pool:
         if slot.options is not None:
             return slot.options
         cfg = self.effective_ssh_config()
+        explicit = self.ssh_config is not None or bool(os.environ.get(SSH_CONFIG_ENV))
+        if explicit and not _is_file(cfg):
+            # like `ssh -F missing`: a config the caller named must exist
+            origin = "Pool(ssh_config=...)" if self.ssh_config else f"${SSH_CONFIG_ENV}"
+            raise ConnectError(f"ssh: {slot.key}: ssh config {cfg} (from {origin}) does not exist")
         kwargs: dict[str, Any] = {
             "config": [str(cfg)] if _is_file(cfg) else [],
             "host": slot.spec.host,
