@@ -267,6 +267,93 @@ async def test_packed_fallback_code_dirs_are_removed_after_the_job(
     assert len(left) == nodes and all(line.endswith(":0") for line in left), out
 
 
+async def _node_copies_left(testbed: Testbed, remote_dir: str, job_id: int) -> list[str]:
+    """Run a job on 2 nodes listing ``${TMPDIR:-/tmp}/dispatch-<job_id>-*`` on each; one
+    ``left=<node>:<count>`` line per node."""
+    pattern = f'"${{TMPDIR:-/tmp}}"/dispatch-{job_id}-*'
+    name = f"left-{job_id}"
+    check = _job(
+        testbed, remote_dir, name,
+        f'echo "left=$SLURMD_NODENAME:$(ls -d {pattern} 2>/dev/null | wc -l)"', nodes=2,
+    )
+    checked = await submit(check, testbed.slurm)
+    assert checked.job_id is not None, checked.ssh_result.stderr
+    info = await wait(checked.job_id, testbed.slurm, poll_interval=POLL, timeout=90)
+    assert _state(info) == "COMPLETED"
+    out = await _cat(testbed.slurm, _out(remote_dir, name, checked.job_id))
+    return sorted(line for line in out.splitlines() if line.startswith("left="))
+
+
+async def _job_dir_files(host: str, base: str, name: str) -> list[str]:
+    """``<mode> <file name>`` of each file in the one job dir called ``name-<token>``."""
+    ls = await run(f"stat -c '%a %n' {base}/jobs/{name}-*/*", host)
+    assert ls.ok, ls.stderr
+    return sorted(f"{line.split()[0]} {line.rsplit('/', 1)[1]}" for line in ls.stdout.splitlines())
+
+
+async def test_two_node_sbcast_job_runs_bootstrap_on_both_nodes(
+    testbed: Testbed, remote_dir: str
+) -> None:
+    """No share dir: only the wrapper is uploaded; the bootstrap reaches both nodes by
+    sbcast into a private node-local dir (the testbed's nodes share /tmp: the worst case,
+    where a copy onto its own path would break), and the copies are gone afterwards."""
+    name = f"sbc{uuid.uuid4().hex[:6]}"
+    command = (
+        'echo "ran-on=$SLURMD_NODENAME"; '
+        'for d in "${TMPDIR:-/tmp}"/dispatch-"$SLURM_JOB_ID"-*/; do '
+        'echo "copy=$(stat -c %a "$d") $(ls "$d")"; done'
+    )
+    job = _job(testbed, remote_dir, name, command, nodes=2, ntasks_per_node=2)
+    result = await submit(job, testbed.slurm, sbcast=True)
+    assert result.job_id is not None, result.ssh_result.stderr
+    info = await wait(result.job_id, testbed.slurm, poll_interval=POLL, timeout=90)
+    assert _state(info) == "COMPLETED"
+    out = await _cat(testbed.slurm, _out(remote_dir, name, result.job_id))
+    ran = sorted(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("ran-on="))
+    nodes = sorted(_env(testbed, "CPU_NODES", "node3 node4").split())
+    assert ran == sorted(nodes * 2), out  # two tasks per node
+    copies = [line for line in out.splitlines() if line.startswith("copy=")]
+    assert copies and all(line == "copy=700 bootstrap.sh" for line in copies), out
+    home = await submit_mod.remote_home(testbed.slurm)
+    assert await _job_dir_files(testbed.slurm, f"{home}/.dispatch", name) == ["700 sbatch.sh"]
+    left = await _node_copies_left(testbed, remote_dir, result.job_id)
+    assert [line.split(":")[1] for line in left] == ["0", "0"], left
+    staged = await run(f"ls -d /tmp/dispatch-{result.job_id}-* 2>/dev/null | wc -l", testbed.slurm)
+    assert staged.stdout.strip() == "0"
+
+
+async def test_submit_packed_sbcast_lists_repo_files_on_both_nodes(
+    testbed: Testbed, remote_dir: str, git_repo: Path
+) -> None:
+    command = 'echo "node=$SLURMD_NODENAME"; find . -type f -not -name ".dispatch*" | sort'
+    nodes = sorted(_env(testbed, "CPU_NODES", "node3 node4").split())
+    home = await submit_mod.remote_home(testbed.slurm)
+    share = f"{remote_dir}/share"
+    for label, share_dir in (("embedded", None), ("shared", share)):
+        name = f"psbc-{label}-{uuid.uuid4().hex[:6]}"
+        job = _job(testbed, remote_dir, name, command, nodes=2)
+        result = await submit_packed(
+            job, testbed.slurm, repo_path=str(git_repo), share_dir=share_dir, sbcast=True
+        )
+        assert result.job_id is not None, result.ssh_result.stderr
+        info = await wait(result.job_id, testbed.slurm, poll_interval=POLL, timeout=90)
+        assert _state(info) == "COMPLETED", label
+        out = await _cat(testbed.slurm, _out(remote_dir, name, result.job_id))
+        seen = sorted(line[5:] for line in out.splitlines() if line.startswith("node="))
+        assert seen == nodes, out
+        assert out.count("./README.md") == 2 and out.count("./pkg/main.py") == 2, out
+        assert "uncommitted.txt" not in out
+        base = f"{share}/.dispatch-{testbed.user}" if share_dir else f"{home}/.dispatch"
+        assert await _job_dir_files(testbed.slurm, base, name) == ["700 sbatch.sh"]
+        if share_dir is not None:
+            # share_dir takes precedence for the payload: uploaded (cached) there.
+            ls = await run(f"ls {base}/payloads/", testbed.slurm)
+            assert ls.ok and ".tar.gz" in ls.stdout
+        left = await run(f"ls -d /tmp/dispatch-{result.job_id}-* 2>/dev/null | wc -l",
+                         testbed.slurm)
+        assert left.stdout.strip() == "0", label
+
+
 async def test_successful_submit_prunes_old_job_dirs_of_finished_jobs(
     testbed: Testbed, remote_dir: str
 ) -> None:
@@ -425,6 +512,8 @@ async def test_too_large_script_raises_before_upload(testbed: Testbed, remote_di
     job = _job(testbed, remote_dir, name, "true").pack(os.urandom(5 * 1024 * 1024))
     with pytest.raises(SubmitError, match="share_dir"):
         await submit(job, testbed.slurm)
+    with pytest.raises(SubmitError, match="sbcast"):
+        await submit(job, testbed.slurm, sbcast=True)
     home = await submit_mod.remote_home(testbed.slurm)
     assert await _job_dirs(testbed.slurm, home, name) == []
 

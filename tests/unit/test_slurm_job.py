@@ -410,7 +410,8 @@ def test_scripts_pass_bash_n_and_shellcheck(index: int, tmp_path: pathlib.Path) 
         boot,
         job.to_bootstrap_script(payload_path="$HOME/.cache/dispatch/abc.tar.gz"),
         job.to_sbatch_script("/shared/bootstrap.sh"),
-        job.to_sbatch_script("$TMPDIR/b.sh", embed_bootstrap=boot),
+        job.to_sbatch_script("$TMPDIR", embed_bootstrap=boot),
+        job.to_sbatch_script("/scratch/local dir", embed_bootstrap=boot),
     ]
     assert job.to_script() == boot
     for script in scripts:
@@ -608,36 +609,103 @@ def test_payload_from_uploaded_file(tmp_path: pathlib.Path) -> None:
     assert proc.stdout == b"print('hi')\n"
 
 
-def test_sbatch_wrapper_with_embedded_bootstrap_runs(tmp_path: pathlib.Path) -> None:
-    """Run the wrapper with stand-in srun/sbcast: it stages the bootstrap and launches it."""
+def _fake_slurm_bin(tmp_path: pathlib.Path) -> pathlib.Path:
+    """Stand-in srun (drops its options, runs the command) and sbcast (--force SRC DEST)."""
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     (fakebin / "srun").write_text(
-        '#!/bin/bash\necho "srun $*" >> "$LOG"\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n'
+        '#!/bin/bash\necho "srun $*" >> "$LOG"\nwhile [[ $1 == --* ]]; do shift; done\n'
+        'exec "$@"\n'
     )
-    (fakebin / "sbcast").write_text('#!/bin/sh\necho "sbcast $*" >> "$LOG"\ncp "$2" "$3"\n')
+    (fakebin / "sbcast").write_text(
+        '#!/bin/sh\necho "sbcast $*" >> "$LOG"\n[ "$2" != "$3" ] || exit 9\ncp "$2" "$3"\n'
+    )
     for f in fakebin.iterdir():
         f.chmod(0o755)
-    job = SlurmJob(name="w", command="echo from-bootstrap", nodes=2, cpus_per_task=3)
+    return fakebin
+
+
+def test_sbatch_wrapper_with_embedded_bootstrap_runs(tmp_path: pathlib.Path) -> None:
+    """The wrapper stages the bootstrap privately, sbcasts it to a different, node-local
+    0700 dir, runs it there, then removes the copies (and the staged file)."""
+    fakebin = _fake_slurm_bin(tmp_path)
+    command = 'echo "from-bootstrap"; ls -d "${TMPDIR}"/dispatch-4242-*/bootstrap.sh'
+    job = SlurmJob(name="w", command=command, nodes=2, cpus_per_task=3)
     boot = job.to_bootstrap_script()
-    script = job.to_sbatch_script("$TMPDIR/stage/boot.sh", embed_bootstrap=boot)
+    script = job.to_sbatch_script("$TMPDIR", embed_bootstrap=boot)
+    assert "${TMPDIR:-/tmp}" in script and boot.rstrip("\n") in script
     log = tmp_path / "log"
     proc = run_script(
         script,
         tmp_path,
-        env={"SLURM_JOB_NUM_NODES": "2", "LOG": str(log)},
+        env={"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "4242", "LOG": str(log)},
         path_prefix=fakebin,
     )
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout == b"from-bootstrap\n"
-    staged = tmp_path / "tmp" / "stage" / "boot.sh"
-    assert staged.read_text() == boot
-    assert not (tmp_path / "tmp" / "stage" / "boot.sh.staged").exists()
-    assert stat.S_IMODE(staged.stat().st_mode) == 0o700
-    assert log.read_text().splitlines() == [
-        f"sbcast --force {staged}.staged {staged}",
-        f"srun --cpus-per-task=3 bash -l {staged}",
-    ]
+    out = proc.stdout.decode().splitlines()
+    assert out[0] == "from-bootstrap"
+    dest = pathlib.Path(out[1])
+    assert dest.parent.parent == tmp_path / "tmp"
+    assert dest.parent.name.startswith("dispatch-4242-") and len(dest.parent.name) == 30
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4, lines
+    mkdir, sbcast, main, cleanup = lines
+    assert mkdir.startswith("srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 sh -c ")
+    assert mkdir.endswith(f" sh {dest.parent}")
+    _, force, staged, target = sbcast.split(" ")
+    assert force == "--force" and target == str(dest) and staged != target
+    assert pathlib.Path(staged).parent == tmp_path / "tmp"
+    assert main == f"srun --cpus-per-task=3 bash -l {dest}"
+    assert cleanup.startswith("srun --overlap --nodes=2 ") and cleanup.endswith(str(dest.parent))
+    # Staged file and every copy are gone.
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_embedded_bootstrap_copy_is_private_and_exit_status_kept(tmp_path: pathlib.Path) -> None:
+    fakebin = _fake_slurm_bin(tmp_path)
+    command = (
+        'stat -c %a "$(ls -d "$TMPDIR"/dispatch-9-*/)" "$(ls "$TMPDIR"/dispatch-9-*/*)"; exit 5'
+    )
+    job = SlurmJob(name="w", command=command)
+    script = job.to_sbatch_script(
+        str(tmp_path / "local base"), embed_bootstrap=job.to_bootstrap_script()
+    )
+    (tmp_path / "local base").mkdir()
+    proc = run_script(
+        script,
+        tmp_path,
+        env={
+            "SLURM_JOB_ID": "9",
+            "LOG": str(tmp_path / "log"),
+            "TMPDIR": str(tmp_path / "local base"),
+        },
+        path_prefix=fakebin,
+    )
+    assert proc.returncode == 5, proc.stderr.decode()
+    assert proc.stdout.decode().split() == ["700", "700"]
+    assert list((tmp_path / "local base").iterdir()) == []
+
+
+def test_embedded_bootstrap_refuses_a_foreign_or_symlinked_node_dir(tmp_path: pathlib.Path) -> None:
+    """If the node-local dir exists and is not a real dir of ours, nothing is copied or run."""
+    fakebin = _fake_slurm_bin(tmp_path)
+    # A stand-in od makes the 'random' part predictable, as an attacker would need.
+    (fakebin / "od").write_text("#!/bin/sh\necho ' 01 02'\n")
+    (fakebin / "od").chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "tmp" / "dispatch-3-0102").symlink_to(tmp_path / "elsewhere")
+    job = SlurmJob(name="w", command="echo RAN")
+    script = job.to_sbatch_script("$TMPDIR", embed_bootstrap=job.to_bootstrap_script())
+    proc = run_script(
+        script, tmp_path, env={"SLURM_JOB_ID": "3", "LOG": str(tmp_path / "log")},
+        path_prefix=fakebin,
+    )
+    assert proc.returncode != 0
+    assert b"cannot create the private directory" in proc.stderr
+    assert b"RAN" not in proc.stdout
+    assert "sbcast" not in (tmp_path / "log").read_text()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
 def test_script_size() -> None:
@@ -653,25 +721,6 @@ def test_pack_returns_new_job() -> None:
     assert job.payload is None
     assert packed.payload == base64.b64encode(b"\x00\x01").decode()
     assert packed.name == "p"
-
-
-def test_sbatch_wrapper_single_node_moves_staged_bootstrap(tmp_path: pathlib.Path) -> None:
-    fakebin = tmp_path / "bin"
-    fakebin.mkdir()
-    (fakebin / "srun").write_text(
-        '#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n'
-    )
-    (fakebin / "sbcast").write_text('#!/bin/sh\necho "sbcast must not run" >&2\nexit 9\n')
-    for f in fakebin.iterdir():
-        f.chmod(0o755)
-    job = SlurmJob(name="w", command="echo one-node")
-    script = job.to_sbatch_script(
-        str(tmp_path / "b dir" / "boot.sh"), embed_bootstrap=job.to_bootstrap_script()
-    )
-    proc = run_script(script, tmp_path, env={"SLURM_JOB_NUM_NODES": "1"}, path_prefix=fakebin)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout == b"one-node\n"
-    assert sorted(p.name for p in (tmp_path / "b dir").iterdir()) == ["boot.sh"]
 
 
 def test_modules_loaded_when_module_command_exists(tmp_path: pathlib.Path) -> None:

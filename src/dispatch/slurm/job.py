@@ -324,8 +324,9 @@ class SlurmJob:
                 file on the batch node, ``sbcast``s it to
                 ``<base>/dispatch-<jobid>-<random>/bootstrap.sh`` (a fresh 0700 directory
                 made on every node by a helper step), runs it there and removes the copies
-                when the wrapper exits (a helper step on every node; a job killed by
-                scancel or its time limit may leave them to the node's tmp cleaner). The
+                when the wrapper exits (a helper step on every node; a job cancelled or
+                timed out can start no step, so then only the batch node's copy is
+                removed and the others are left to the nodes' tmp cleaners). The
                 bootstrap then counts toward the 4 MB limit.
 
         Returns:

@@ -21,6 +21,10 @@ apart answered without it, and no process carrying the token -- a still-running 
 is left on the host), and never more than once. sacct shows comments only with
 ``AccountingStoreFlags=job_comment``; squeue always does, for MinJobAge after the end.
 
+With ``sbcast=True`` only the wrapper is uploaded: it embeds the bootstrap and, on the
+batch node, ``sbcast``s it into a private node-local directory on every node (see
+`SlurmJob.to_sbatch_script`), so multi-node jobs need no shared directory.
+
 Scripts stay in place while the job may need them (nodes read the bootstrap when the job
 starts). After each successful sbatch, the same remote command removes this user's job
 directories older than `PRUNE_AFTER_DAYS` days whose ``sbatch.sh`` squeue no longer lists
@@ -46,7 +50,7 @@ from ..results import RunResult
 from ..ssh.commands import run
 from ..ssh.transfer import write_file
 from . import parse
-from .job import SLURM_MAX_SCRIPT_BYTES, SlurmJob
+from .job import NODE_LOCAL_BASE, SLURM_MAX_SCRIPT_BYTES, SlurmJob
 from .models import SlurmResult
 
 __all__ = ["submit", "submit_packed"]
@@ -222,13 +226,20 @@ def _check_size(label: str, size: int) -> None:
         )
 
 
-def _render(job: SlurmJob, paths: _Paths, payload_path: str | None) -> tuple[bytes, bytes]:
+def _render(
+    job: SlurmJob, paths: _Paths, payload_path: str | None, sbcast: bool
+) -> tuple[bytes, bytes | None]:
+    """(wrapper, bootstrap) bytes; bootstrap is None when it is embedded for sbcast."""
     if payload_path is not None:
         bootstrap_text = job.to_bootstrap_script(payload_path=payload_path)
     else:
         bootstrap_text = job.to_bootstrap_script()
-    wrapper_text = job.to_sbatch_script(paths.bootstrap)
-    bootstrap, wrapper = bootstrap_text.encode(), wrapper_text.encode()
+    if sbcast:
+        wrapper = job.to_sbatch_script(NODE_LOCAL_BASE, embed_bootstrap=bootstrap_text).encode()
+        _check_size("sbatch script (with the embedded bootstrap for sbcast)", len(wrapper))
+        return wrapper, None
+    wrapper = job.to_sbatch_script(paths.bootstrap).encode()
+    bootstrap = bootstrap_text.encode()
     _check_size("sbatch script", len(wrapper))
     _check_size("bootstrap script", len(bootstrap))
     return wrapper, bootstrap
@@ -356,11 +367,17 @@ async def _sbatch_once(
 
 
 async def _upload(
-    paths: _Paths, wrapper: bytes, bootstrap: bytes, host: str, timeout: float | None
+    paths: _Paths, wrapper: bytes, bootstrap: bytes | None, host: str, timeout: float | None
 ) -> RunResult:
-    """Upload both scripts (atomic, 0700); the first failure's result, else the last ok."""
+    """Upload the scripts (atomic, 0700); the first failure's result, else the last ok.
+
+    Without a bootstrap (embedded for sbcast) only the wrapper is uploaded.
+    """
     result = RunResult(0, "", "")
-    for path, data in ((paths.bootstrap, bootstrap), (paths.wrapper, wrapper)):
+    files = [(paths.wrapper, wrapper)]
+    if bootstrap is not None:
+        files.insert(0, (paths.bootstrap, bootstrap))
+    for path, data in files:
         result = await write_file(host, path, data, mode=0o700, timeout=timeout)
         if not result.ok:
             break
@@ -374,14 +391,17 @@ async def _submit(
     script_path: str | None,
     timeout: float | None,
     payload_path: str | None = None,
+    sbcast: bool = False,
 ) -> SlurmResult:
     if not isinstance(job, SlurmJob):
         raise InvalidValueError(f"job must be a SlurmJob, got {type(job).__name__}")
+    if not isinstance(sbcast, bool):
+        raise InvalidValueError(f"sbcast must be True or False, got {sbcast!r}")
     share_dir = _check_dir("share_dir", share_dir)
     script_path = _check_dir("script_path", script_path)
     token = secrets.token_hex(8)
     paths = await _paths(job, host, share_dir, script_path, token, timeout)
-    wrapper, bootstrap = _render(job, paths, payload_path)
+    wrapper, bootstrap = _render(job, paths, payload_path, sbcast)
 
     prepared = await _prepare(paths, host, timeout)
     if not prepared.ok:
@@ -423,6 +443,8 @@ async def submit(
     share_dir: str | None = None,
     script_path: str | None = None,
     timeout: float | None = None,
+    *,
+    sbcast: bool = False,
 ) -> SlurmResult:
     """Submit a SLURM job to a remote host via SSH.
 
@@ -446,12 +468,24 @@ async def submit(
         script_path: Remote path prefix instead: the scripts become
             ``<prefix>.sbatch.sh`` and ``<prefix>.bootstrap.sh``.
         timeout: Seconds for each SSH call (None: no limit).
+        sbcast: Embed the bootstrap in the sbatch wrapper instead of uploading it: on the
+            batch node the wrapper stages it in a private file, ``sbcast``s it into a fresh
+            0700 directory ``${TMPDIR:-/tmp}/dispatch-<jobid>-<random>/`` on every
+            allocated node, runs it there and removes the copies when it ends. For
+            multi-node jobs without a shared directory (only the wrapper is uploaded,
+            and only the login host reads it). The bootstrap then counts toward the 4 MB
+            script limit (`SubmitError` before anything is uploaded). Combines with
+            ``share_dir``/``script_path``, which then only say where the wrapper goes.
 
     Returns:
         `SlurmResult` with the job id (None when no job was submitted) and the result of
         the sbatch call (or of the failed preparation/upload).
+
+    Raises:
+        SubmitError: The script with the embedded bootstrap would exceed the script size
+            limit (raised before anything is uploaded).
     """
-    return await _submit(job, host, share_dir, script_path, timeout)
+    return await _submit(job, host, share_dir, script_path, timeout, sbcast=sbcast)
 
 
 async def _snapshot(repo_path: str | None, dirty: bool) -> bytes:
@@ -506,6 +540,8 @@ async def submit_packed(
     dirty: bool = False,
     script_path: str | None = None,
     timeout: float | None = None,
+    *,
+    sbcast: bool = False,
 ) -> SlurmResult:
     """Submit a SLURM job with code packed into the script.
 
@@ -524,6 +560,12 @@ async def submit_packed(
         dirty: Include uncommitted changes (default: only committed files).
         script_path: Remote path prefix for the scripts (see `submit`).
         timeout: Seconds for each SSH call (None: no limit).
+        sbcast: Embed the bootstrap (with the embedded payload, when there is no
+            ``share_dir``) in the sbatch wrapper and ``sbcast`` it to every node (see
+            `submit`), so multi-node jobs need no shared directory. ``share_dir`` still
+            takes precedence for the payload: when given, the payload is uploaded (and
+            cached) there and the nodes extract it from there; only the bootstrap is
+            sbcast.
 
     Returns:
         `SlurmResult` as from `submit`; a failed payload upload gives ``job_id=None``
@@ -538,8 +580,12 @@ async def submit_packed(
     if share_dir is None:
         # Fail fast on size, before anything is uploaded.
         _check_size("embedded payload (base64)", (len(tarball) + 2) // 3 * 4)
-        return await _submit(job.pack(tarball), host, None, script_path, timeout)
+        return await _submit(
+            job.pack(tarball), host, None, script_path, timeout, sbcast=sbcast
+        )
     payload_path, up = await upload_payload(tarball, host, share_dir, timeout)
     if not up.ok:
         return SlurmResult(None, up)
-    return await _submit(job, host, share_dir, script_path, timeout, payload_path=payload_path)
+    return await _submit(
+        job, host, share_dir, script_path, timeout, payload_path=payload_path, sbcast=sbcast
+    )
