@@ -9,6 +9,7 @@ key path (``hosts.gpu1.chips.h100``) and the bad value. See ``examples/dispatch.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,9 @@ class DispatchConfig:
 _TOP_KEYS = {"mount", "proxy", "clusters", "hosts", "priority", "gres_mapping"}
 
 
+_ENV_MISSING = re.compile(r"Environment variable '([^']*)' not found")
+
+
 def _plain(node: Any, path: str, source: str | None) -> Any:
     """Resolve an OmegaConf node to plain Python, reporting interpolation errors located."""
     try:
@@ -252,7 +256,15 @@ def _plain(node: Any, path: str, source: str | None) -> Any:
             return OmegaConf.to_container(node, resolve=True)
         return node
     except OmegaConfBaseException as exc:
-        raise _fail(path or "<root>", f"cannot resolve: {exc}", source=source) from exc
+        # OmegaConf knows the failing key (full_key); its message carries internals
+        # (object_type=..., a second full_key line) that only the first line is worth.
+        key = str(getattr(exc, "full_key", "") or "") or path or "<root>"
+        text = str(getattr(exc, "msg", "") or exc).splitlines()[0].strip()
+        missing = _ENV_MISSING.search(text)
+        if missing:
+            text = (f"environment variable {missing.group(1)!r} is not set (give it a "
+                    f"default with ${{oc.env:{missing.group(1)},default}})")
+        raise _fail(key, f"cannot resolve interpolation: {text}", source=source) from None
 
 
 def _mapping(value: Any, path: str, source: str | None) -> dict[str, Any]:
@@ -277,11 +289,21 @@ def _parse_cluster(name: str, raw: Any, source: str | None) -> ClusterConfig:
     for key in ("root", "work"):
         if key not in data:
             raise _fail(f"{path}.{key}", "is required", source=source)
+    if isinstance(data.get("cache_size"), int | float) and not isinstance(
+            data["cache_size"], bool):
+        data["cache_size"] = str(data["cache_size"])  # `cache_size: 1024` means "1024"
     try:
-        return ClusterConfig(**{k: (str(v) if isinstance(v, int | float) else v)
-                                for k, v in data.items()})
+        cfg = ClusterConfig(**data)
     except (ConfigError, InvalidValueError, TypeError) as exc:
         raise _located(path, source, exc) from exc
+    try:
+        # The name and paths must also make a valid `Cluster` (what the solver builds),
+        # so a bad name fails here, located, not later inside solve.
+        Cluster(name=name, root=cfg.root, work=cfg.work, log=cfg.log or "", share=cfg.share,
+                mount=cfg.mount, cache_size=cfg.cache_size, cache_dir=cfg.cache_dir)
+    except InvalidValueError as exc:
+        raise _fail(path, str(exc), source=source) from None
+    return cfg
 
 
 def _no_unknown(data: Mapping[str, Any], allowed: set[str], path: str,
@@ -370,7 +392,13 @@ def parse_dispatch_config(cfg: DictConfig | Mapping[str, Any], *,
     if isinstance(cfg, DictConfig):
         data = _plain(cfg, "", source)
     elif isinstance(cfg, Mapping):
-        data = _plain(OmegaConf.create(dict(cfg)), "", source)
+        try:
+            node = OmegaConf.create(dict(cfg))
+        except OmegaConfBaseException as exc:
+            key = str(getattr(exc, "full_key", "") or "") or "<root>"
+            text = str(getattr(exc, "msg", "") or exc).splitlines()[0].strip()
+            raise _fail(key, f"unsupported value: {text}", source=source) from None
+        data = _plain(node, "", source)
     else:
         raise _fail("<root>", "must be a mapping", cfg, source)
     if not isinstance(data, dict):
@@ -397,6 +425,14 @@ def parse_dispatch_config(cfg: DictConfig | Mapping[str, Any], *,
         raise ConfigError(f"{source + ': ' if source else ''}{exc}") from exc
 
 
+def _yaml_error(exc: yaml.MarkedYAMLError) -> str:
+    """One line for a YAML error: its 1-based line and column, and what went wrong."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(x for x in (exc.problem, exc.context) if x) or str(exc)
+    return f"invalid YAML at {where}{what}"
+
+
 def load_dispatch_config(path: str | Path) -> DispatchConfig:
     """Load dispatch configuration from a YAML file.
 
@@ -417,10 +453,16 @@ def load_dispatch_config(path: str | Path) -> DispatchConfig:
         cfg = OmegaConf.load(p)
     except FileNotFoundError as exc:
         raise ConfigError(f"{p}: config file not found") from exc
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{p}: {_yaml_error(exc)}") from None
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read YAML: {exc}") from exc
+        raise ConfigError(f"{p}: cannot read YAML: {exc}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{p}: <root>: must be a mapping (got a list)")
+    if len(cfg) == 0:
+        # An empty (or comments-only) file is almost surely the wrong file.
+        raise ConfigError(f"{p}: the file is empty; expected at least `clusters` and `hosts` "
+                          f"(see examples/dispatch.yaml)")
     return parse_dispatch_config(cfg, source=str(p))
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "discover_slurm_partitions",
     "parse_sinfo_partitions",
     "parse_sinfo_gres",
+    "parse_sinfo_gres_counts",
     "SINFO_PARTITION_GRES_ARGS",
 ]
 
@@ -130,7 +131,23 @@ def parse_sinfo_gres(text: str) -> dict[str, set[str]]:
     Returns:
         Partition name -> set of GPU GRES types.
     """
-    out: dict[str, set[str]] = {}
+    return {part: set(types) for part, types in parse_sinfo_gres_counts(text).items()}
+
+
+def parse_sinfo_gres_counts(text: str) -> dict[str, dict[str, int]]:
+    """Parse `sinfo -h -o '%P|%G'`: partition -> GPU GRES type -> most GPUs on one node.
+
+    Like `parse_sinfo_gres`, with the largest per-node count seen for each type (sinfo
+    prints one line per distinct GRES, so a mixed partition has several lines); 0 when
+    the count cannot be read.
+
+    Args:
+        text: sinfo's standard output.
+
+    Returns:
+        Partition name -> {GPU GRES type: most of it on one node}.
+    """
+    out: dict[str, dict[str, int]] = {}
     for line in text.splitlines():
         if "|" not in line:
             continue
@@ -138,15 +155,17 @@ def parse_sinfo_gres(text: str) -> dict[str, set[str]]:
         part = part.strip().rstrip("*")
         if not part:
             continue
-        types = out.setdefault(part, set())
+        types = out.setdefault(part, {})
         for item in _split_gres(gres.strip()):
             fields = item.split("(", 1)[0].split(":")
             if fields[0] != "gpu":
                 continue
             if len(fields) >= 3 or (len(fields) == 2 and not fields[1].isdigit()):
-                types.add(fields[1])
+                kind, count = fields[1], fields[2] if len(fields) >= 3 else ""
             else:
-                types.add("")
+                kind, count = "", fields[1] if len(fields) == 2 else ""
+            n = int(count) if count.isdigit() else 0
+            types[kind] = max(types.get(kind, 0), n)
     return out
 
 

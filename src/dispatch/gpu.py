@@ -25,11 +25,15 @@ __all__ = [
     "parse_gpu_memory",
     "parse_compute_apps",
     "free_gpu_count",
+    "free_gpus_by_chip",
+    "GPU_INVENTORY_QUERY",
 ]
 
 #: Arguments of the queries run on hosts (after ``nvidia-smi``).
 GPU_NAME_QUERY = ["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
 GPU_UUID_QUERY = ["--query-gpu=uuid,memory.total", "--format=csv,noheader,nounits"]
+GPU_INVENTORY_QUERY = ["--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
+                       "--format=csv,noheader,nounits"]
 COMPUTE_APPS_QUERY = ["--query-compute-apps=gpu_uuid,used_memory", "--format=csv,noheader,nounits"]
 
 #: A GPU is busy when its compute processes use at least this fraction of its memory.
@@ -221,3 +225,34 @@ def free_gpu_count(gpu_memory: dict[str, int], used: dict[str, int],
         if in_use < busy_fraction * total:
             free += 1
     return free
+
+
+def free_gpus_by_chip(inventory_text: str, apps_text: str,
+                      busy_fraction: float = BUSY_FRACTION) -> dict[str, int]:
+    """Free GPUs per chip on a host with several kinds (a busy H100 must not count as free
+    because an A6000 next to it is idle).
+
+    Args:
+        inventory_text: `GPU_INVENTORY_QUERY` output
+            (`index, uuid, name, memory.total, memory.used, utilization.gpu` per line).
+        apps_text: `COMPUTE_APPS_QUERY` output (see `parse_compute_apps`).
+        busy_fraction: Share of a GPU's memory in use from which it counts as busy.
+
+    Returns:
+        Chip name (the raw GPU name when no rule recognises it) -> free GPUs of it; every
+        chip present is a key, with 0 when all of them are busy.
+
+    Raises:
+        ValueError: A line has fewer than six fields.
+    """
+    used = parse_compute_apps(apps_text)
+    out: dict[str, int] = {}
+    for row in _rows(inventory_text):
+        if len(row) < 6:
+            raise ValueError(f"unexpected nvidia-smi line (want 'index, uuid, name, "
+                             f"memory.total, memory.used, utilization'): {row!r}")
+        uuid, name, total = row[1], ", ".join(row[2:-3]), _int_or_none(row[-3]) or 0
+        chip = chip_for_gpu(name, total or None)
+        key = chip.name if chip is not None else name
+        out[key] = out.get(key, 0) + free_gpu_count({uuid: total}, used, busy_fraction)
+    return out

@@ -3,9 +3,10 @@
 The tarball is built locally in memory and streamed into ``tar xzf -`` on the host over
 the pooled SSH connection (no temporary file anywhere). The host extracts into a private
 temporary sibling of ``remote_path`` (``mktemp -d``, mode 0700) and then renames it over
-the target, so a failed or interrupted ship never leaves a half-written tree: either the
-old tree or the complete new one is at ``remote_path``. The shipped directory keeps the
-temp directory's mode 0700 (private to the user).
+the target (when ``remote_path`` is a symlink to a directory, the directory it points to
+is replaced and the link kept), so a failed or interrupted ship never leaves a
+half-written tree: either the old tree or the complete new one is at ``remote_path``.
+The shipped directory keeps the temp directory's mode 0700 (private to the user).
 """
 
 from __future__ import annotations
@@ -60,15 +61,32 @@ def _check_ref(top: Path, ref: str) -> str:
     proc = _git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{tree}}",
                 check=False)
     if proc.returncode != 0:
+        if ref == "HEAD":
+            # The usual cause: `git init` without a first commit.
+            raise ShipError(f"repository {top} has no commits yet (HEAD names no commit); "
+                            f"commit first, or ship chosen files with ship_files")
         raise ShipError(f"git ref {ref!r} does not name a commit or tree in {top}")
     return proc.stdout.decode().strip()
+
+
+def _warn_submodules(top: Path, tree: str) -> None:
+    # git archive stores a submodule as an empty directory: say so instead of silently
+    # shipping a tree with holes.
+    out = _git(top, "ls-tree", "-r", "-z", "--end-of-options", tree, check=False).stdout
+    subs = [e.split(b"\t", 1)[1].decode(errors="replace") for e in out.split(b"\0")
+            if e.startswith(b"160000 ")]
+    if subs:
+        log.warning("submodules are not shipped (only empty directories): %s",
+                    ", ".join(subs))
 
 
 def snapshot(repo_path: str | Path | None = None, ref: str = "HEAD") -> bytes:
     """Create a tarball snapshot of the repo using git archive.
 
     Only includes tracked files, respects .gitignore, excludes .git/. The whole repository
-    is archived even when `repo_path` is a subdirectory of it.
+    is archived even when `repo_path` is a subdirectory of it. Symlinks are stored as
+    symlinks; empty directories are not tracked by git, so they are not shipped; a
+    submodule becomes an empty directory (logged as a warning): ship it separately.
 
     Args:
         repo_path: Any directory inside the git repository (default: the current directory).
@@ -78,11 +96,12 @@ def snapshot(repo_path: str | Path | None = None, ref: str = "HEAD") -> bytes:
         The tarball as gzip-compressed bytes.
 
     Raises:
-        ShipError: `repo_path` is not in a git repository, `ref` names no commit or tree,
-            or git is not installed.
+        ShipError: `repo_path` is not in a git repository, the repository has no commit
+            yet, `ref` names no commit or tree, or git is not installed.
     """
     top = _toplevel(repo_path)
     tree = _check_ref(top, ref)
+    _warn_submodules(top, tree)
     return _git(top, "archive", "--format=tar.gz", tree).stdout
 
 
@@ -118,6 +137,7 @@ def snapshot_dirty(repo_path: str | Path | None = None) -> bytes:
     stash = _git(top, "-c", "user.name=dispatch", "-c", "user.email=dispatch@localhost",
                  "stash", "create").stdout.decode().strip()
     tree = _check_ref(top, stash or "HEAD")
+    _warn_submodules(top, tree)
     plain = _git(top, "archive", "--format=tar", tree).stdout
     buf = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as src, \
@@ -149,8 +169,9 @@ def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
 def pack_files(files: Sequence[str | Path], base_path: str | Path | None = None) -> bytes:
     """Create a gzip tarball of specific files.
 
-    Directories are included recursively; a file named twice is packed once. Files are
-    stored under their path relative to `base_path`.
+    Directories are included recursively (`"."` is everything in `base_path`); a file
+    named twice is packed once; symlinks are stored as symlinks. Files are stored under
+    their path relative to `base_path`.
 
     Args:
         files: Paths to include, relative to `base_path` or absolute (inside `base_path`).
@@ -178,14 +199,17 @@ def pack_files(files: Sequence[str | Path], base_path: str | Path | None = None)
             full = path if path.is_absolute() else base / path
             rel = posixpath.normpath(os.path.relpath(os.path.normpath(full), base))
             rel = rel.replace(os.sep, "/")
-            if rel == "." or rel == ".." or rel.startswith("../"):
+            if rel == ".." or rel.startswith("../"):
                 raise ShipError(f"file is outside base path {base}: {f}")
             if not full.exists() and not full.is_symlink():
                 raise ShipError(f"file to ship does not exist: {full}")
-            if rel in seen:
-                continue
-            seen.add(rel)
-            _add(tar, Path(os.path.normpath(full)), rel)
+            # The base itself ("."): everything in it.
+            entries = ([(base / c.name, c.name) for c in sorted(base.iterdir())]
+                       if rel == "." else [(Path(os.path.normpath(full)), rel)])
+            for src, arc in entries:
+                if arc not in seen:
+                    seen.add(arc)
+                    _add(tar, src, arc)
     return buf.getvalue()
 
 
@@ -213,6 +237,11 @@ def extract_script(remote_path: str) -> str:
     target = _remote_path_expr(remote_path)
     return f"""set -eu
 target={target}
+if [ -L "$target" ] && [ -d "$target" ]; then
+    # A symlink to a directory (~/code -> /scratch/me/code): replace the directory it
+    # points to and keep the link, so the code stays where the user put it.
+    target=$(cd -P -- "$target" && pwd -P)
+fi
 parent=$(dirname -- "$target")
 mkdir -p -- "$parent"
 tmp=$(mktemp -d -- "$target.tmp.XXXXXX")

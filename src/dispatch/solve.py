@@ -9,12 +9,17 @@ Rules, in order:
 - CPU-only requests (``min_chips == 0``) go to the first plain host, or to a SLURM host's
   first ``cpu_partitions`` entry.
 - A plain host satisfies a GPU request when its configured count of the chip is at least
-  ``min_chips``; with ``check_availability``, when that many of its GPUs are free (a GPU
-  is busy when its compute processes use >= 10 % of its memory).
+  ``min_chips``; with ``check_availability``, when that many of its GPUs *of that chip*
+  are free (a GPU is busy when its compute processes use >= 10 % of its memory; on a host
+  with several kinds, an idle A6000 does not make a busy H100 free).
 - A SLURM host needs the chip in ``gres_mapping``, must allow that many in its ``chips``
   limits (when set), and needs a partition (configured ones, default first; all of
-  sinfo's when none are configured) whose nodes carry that GRES type; with
-  ``check_availability``, a node in it with ``min_chips`` free GPUs (``available_gpus``).
+  sinfo's when none are configured) whose nodes carry that GRES type, at least
+  ``min_chips`` of it on one node; with ``check_availability``, a node in it with
+  ``min_chips`` free GPUs (``available_gpus``).
+- A request is placed on ONE node: ``min_chips`` larger than any node of a partition has
+  rejects that partition even when several nodes together have enough (a multi-node job
+  is the caller's choice: ``SlurmJob(nodes=N, gpus_per_node=K)``).
 - When nothing satisfies the request, the SLURM host with the most available chips of
   the kind is chosen (the job will queue there).
 
@@ -29,19 +34,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .config import DispatchConfig, PlainHostConfig, RemoteInventory, SlurmHostConfig
 from .errors import DispatchError, SolveError
-from .gpu import (
-    COMPUTE_APPS_QUERY,
-    GPU_UUID_QUERY,
-    free_gpu_count,
-    parse_compute_apps,
-    parse_gpu_memory,
-)
+from .gpu import COMPUTE_APPS_QUERY, GPU_INVENTORY_QUERY, free_gpus_by_chip
 from .hardware import SUPPORTED_CHIPS, Chip, HardwareRequest, HardwareResult
 
 __all__ = ["SolveResult", "solve_or_raise"]
@@ -66,15 +65,24 @@ class SolveResult:
     fallback: bool = field(default=False, kw_only=True)
 
 
+#: Partition -> GRES types (a set) or GRES type -> most of it on one node (a mapping).
+GresTable = Mapping[str, Mapping[str, int] | Set[str]]
+
+
 class AvailabilitySource(Protocol):
     """Where the solver's facts about live hosts come from (SSH by default; fakes in tests)."""
 
-    async def plain_free_gpus(self, ssh: str, seconds: float) -> int:
-        """Number of free GPUs on a plain host; raise DispatchError if it cannot tell."""
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> int | Mapping[str, int]:
+        """Free GPUs on a plain host: per chip name (or one number for all its GPUs);
+        raise DispatchError if it cannot tell."""
         ...
 
-    async def partition_gres(self, ssh: str, seconds: float) -> dict[str, set[str]]:
-        """Partition -> GPU GRES types its nodes carry, on a SLURM host."""
+    async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
+        """Partition -> GPU GRES types its nodes carry, on a SLURM host.
+
+        Either a set of types, or a mapping type -> most GPUs of it on one node (0: not
+        known); with counts, partitions whose nodes are too small are rejected.
+        """
         ...
 
     async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
@@ -97,11 +105,11 @@ class SshAvailability:
         qexe = "~/" + shlex.quote(exe[2:]) if exe.startswith("~/") else shlex.quote(exe)
         return " ".join([qexe, *(shlex.quote(a) for a in args)])
 
-    async def plain_free_gpus(self, ssh: str, seconds: float) -> int:
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> dict[str, int]:
         from .ssh.commands import run
 
         # Both queries in one round trip, separated by a marker line.
-        cmd = (f"{self._smi(GPU_UUID_QUERY)} && echo {_MARK} && "
+        cmd = (f"{self._smi(GPU_INVENTORY_QUERY)} && echo {_MARK} && "
                f"{self._smi(COMPUTE_APPS_QUERY)}")
         result = await run(cmd, ssh, timeout=seconds, retries=1)
         if result.returncode == 127:
@@ -111,19 +119,19 @@ class SshAvailability:
             raise DispatchError(f"nvidia-smi failed (exit {result.returncode}): {detail}")
         gpus_text, _, apps_text = result.stdout.partition(_MARK)
         try:
-            return free_gpu_count(parse_gpu_memory(gpus_text), parse_compute_apps(apps_text))
+            return free_gpus_by_chip(gpus_text, apps_text)
         except ValueError as exc:
             raise DispatchError(f"cannot parse nvidia-smi output: {exc}") from exc
 
-    async def partition_gres(self, ssh: str, seconds: float) -> dict[str, set[str]]:
-        from .discover import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres
+    async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
+        from .discover import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres_counts
         from .ssh.commands import run
 
         result = await run(SINFO_PARTITION_GRES_ARGS, ssh, timeout=seconds, retries=1)
         if not result.ok:
             detail = (result.stderr or result.stdout).strip()[:300]
             raise DispatchError(f"sinfo failed (exit {result.returncode}): {detail}")
-        return parse_sinfo_gres(result.stdout)
+        return parse_sinfo_gres_counts(result.stdout)
 
     async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
                               seconds: float) -> list[tuple[str, int]]:
@@ -136,8 +144,8 @@ class SshAvailability:
 class _Facts:
     """What the concurrent I/O phase learned about one host (or why it failed)."""
 
-    plain_free: int | None = None
-    gres: dict[str, set[str]] | None = None
+    plain_free: int | Mapping[str, int] | None = None
+    gres: dict[str, dict[str, int]] | None = None
     free: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     error: str | None = None
 
@@ -146,6 +154,13 @@ class _Facts:
 class _Candidate:
     result: HardwareResult
     total_free: int
+
+
+def _plain_free(facts: int | Mapping[str, int] | None, chip: str, configured: int) -> int:
+    """Free GPUs of ``chip`` on a plain host (per-chip counts when the source has them: a
+    busy H100 is not freed by an idle A6000 beside it), at most the configured count."""
+    n = facts.get(chip, 0) if isinstance(facts, Mapping) else (facts or 0)
+    return min(n, configured)
 
 
 def _order(request: HardwareRequest, config: DispatchConfig) -> list[str]:
@@ -169,7 +184,13 @@ def _chip_candidates(request: HardwareRequest, offered: Sequence[str]) -> list[C
     return [SUPPORTED_CHIPS[c] for c in offered if c in SUPPORTED_CHIPS and c != "cpu"]
 
 
-def _slurm_partitions(host: SlurmHostConfig, gres: dict[str, set[str]]) -> list[str]:
+def _gres_counts(table: GresTable) -> dict[str, dict[str, int]]:
+    """Normalise a `GresTable`: sets become counts of 0 (unknown)."""
+    return {p: dict(v) if isinstance(v, Mapping) else dict.fromkeys(v, 0)
+            for p, v in table.items()}
+
+
+def _slurm_partitions(host: SlurmHostConfig, gres: dict[str, dict[str, int]]) -> list[str]:
     if not host.partitions:
         return list(gres)
     ordered = sorted(host.partitions, key=lambda p: not p.default)
@@ -177,7 +198,7 @@ def _slurm_partitions(host: SlurmHostConfig, gres: dict[str, set[str]]) -> list[
 
 
 def _slurm_plan(request: HardwareRequest, config: DispatchConfig, host: SlurmHostConfig,
-                gres: dict[str, set[str]]) -> tuple[list[tuple[Chip, str, str]], str]:
+                gres: dict[str, dict[str, int]]) -> tuple[list[tuple[Chip, str, str]], str]:
     """Statically possible (chip, gres type, partition) triples, or the reason for none."""
     chips = _chip_candidates(request, list(config.gres_mapping))
     if not chips:
@@ -192,16 +213,26 @@ def _slurm_plan(request: HardwareRequest, config: DispatchConfig, host: SlurmHos
         if host.chips is not None and host.chips.get(chip.name, 0) < request.min_chips:
             reasons.append(f"chip limit for {chip.name} is {host.chips.get(chip.name, 0)}")
             continue
-        parts = [p for p in _slurm_partitions(host, gres) if gres_type in gres.get(p, set())]
+        parts = [p for p in _slurm_partitions(host, gres) if gres_type in gres.get(p, {})]
         if not parts:
             reasons.append(f"no partition has GRES gpu:{gres_type} "
                            f"(partitions: {_fmt_gres(gres)})")
+            continue
+        # One request runs on one node: a partition whose biggest node has fewer GPUs of
+        # the type can never run it (sbatch would refuse it), however many nodes it has.
+        small = {p: gres[p][gres_type] for p in parts if 0 < gres[p][gres_type] < request.min_chips}
+        parts = [p for p in parts if p not in small]
+        if not parts:
+            most = ", ".join(f"{p}: {n}" for p, n in small.items())
+            reasons.append(f"no node has {request.min_chips} gpu:{gres_type} (most on one "
+                           f"node: {most}); a request is placed on one node, use "
+                           f"SlurmJob(nodes=N, gpus_per_node=K) for a multi-node job")
             continue
         plan.extend((chip, gres_type, p) for p in parts)
     return plan, "; ".join(reasons)
 
 
-def _fmt_gres(gres: dict[str, set[str]]) -> str:
+def _fmt_gres(gres: dict[str, dict[str, int]]) -> str:
     return ", ".join(f"{p}={sorted(t) or '-'}" for p, t in gres.items()) or "none"
 
 
@@ -214,7 +245,7 @@ async def _gather_facts(request: HardwareRequest, config: DispatchConfig, names:
         return _Facts(plain_free=await source.plain_free_gpus(host.ssh, seconds))
 
     async def slurm(host: SlurmHostConfig) -> _Facts:
-        gres = await source.partition_gres(host.ssh, seconds)
+        gres = _gres_counts(await source.partition_gres(host.ssh, seconds))
         facts = _Facts(gres=gres)
         if check:
             plan, _ = _slurm_plan(request, config, host, gres)
@@ -297,19 +328,21 @@ async def _solve(request: HardwareRequest, config: DispatchConfig, check: bool,
                 continue
             chips = _chip_candidates(request, list(gpus))
             have = {c.name: host.chips.get(c.name, 0) for c in chips}
-            picked = next((c for c in chips if have[c.name] >= request.min_chips), None)
-            if picked is None:
+            enough = [c for c in chips if have[c.name] >= request.min_chips]
+            if not enough:
                 rejections[name] = "has " + ", ".join(f"{n} x{k}" for n, k in gpus.items())
                 continue
+            picked = enough[0]
+            available: int | None = None
             if check:
-                free = min(fact.plain_free or 0, have[picked.name])
-                if free < request.min_chips:
-                    rejections[name] = (f"only {fact.plain_free or 0} of "
-                                        f"{have[picked.name]} {picked.name} free")
+                free = {c.name: _plain_free(fact.plain_free, c.name, have[c.name])
+                        for c in enough}
+                ready = next((c for c in enough if free[c.name] >= request.min_chips), None)
+                if ready is None:
+                    rejections[name] = "; ".join(f"only {free[c.name]} of {have[c.name]} "
+                                                 f"{c.name} free" for c in enough)
                     continue
-                available: int | None = free
-            else:
-                available = None
+                picked, available = ready, free[ready.name]
             return done(name, HardwareResult(name, host.ssh, picked, request.min_chips, cluster,
                                              available=available, interactive=interactive))
         plan, why = _slurm_plan(request, config, host, fact.gres or {})

@@ -212,3 +212,56 @@ async def test_hostile_remote_path(testbed: Testbed, tmp_path: Path, remote_dir:
     assert res.stdout.strip() == "0"
     home = (await run("echo $HOME", testbed.plain)).stdout.strip()
     assert not (await run(["test", "-e", f"{home}/pwned"], testbed.plain)).ok
+
+
+async def test_ship_repo_with_symlink_and_binary_to_path_with_spaces(
+        testbed: Testbed, tmp_path: Path, remote_dir: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "link").symlink_to("README.md")
+    (repo / "weights.bin").write_bytes(secrets.token_bytes(3 * 1024 * 1024))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two")
+    dest = f"{remote_dir}/my project 'v2'/code"
+    res = await ship(testbed.plain, dest, repo)
+    assert res.ok, res
+    got = await remote_files(testbed.plain, dest)
+    assert got == local_files(repo, [*TRACKED, "weights.bin"])
+    check = await run(["sh", "-c", 'test -L "$1/link" && readlink "$1/link"', "sh", dest],
+                      testbed.plain, timeout=30)
+    assert check.stdout.strip() == "README.md", check
+
+
+async def test_ship_files_directory_recursive_and_missing_file(
+        testbed: Testbed, tmp_path: Path, remote_dir: str) -> None:
+    base = tmp_path / "base"
+    (base / "conf" / "deep").mkdir(parents=True)
+    (base / "conf" / "a.yaml").write_text("a\n")
+    (base / "conf" / "deep" / "b.yaml").write_text("b\n")
+    res = await ship_files(testbed.plain, f"{remote_dir}/f", ["conf"], base_path=base)
+    assert res.ok, res
+    assert await remote_files(testbed.plain, f"{remote_dir}/f") == local_files(
+        base, ["conf/a.yaml", "conf/deep/b.yaml"])
+    with pytest.raises(ShipError, match=r"does not exist: .*missing\.yaml"):
+        await ship_files(testbed.plain, f"{remote_dir}/g", ["conf", "missing.yaml"],
+                         base_path=base)
+    assert await remote_files(testbed.plain, f"{remote_dir}/g") is None
+
+
+async def test_ship_through_symlinked_destination_keeps_the_link(
+        testbed: Testbed, tmp_path: Path, remote_dir: str) -> None:
+    # HPC layout: ~/code is a symlink into scratch; shipping must not replace the link
+    # with a real directory in the (small) home.
+    repo = make_repo(tmp_path / "repo")
+    setup = await run(["sh", "-c", 'mkdir -p "$1/scratch/code" && echo old > '
+                       '"$1/scratch/code/stale.txt" && ln -s scratch/code "$1/link"',
+                       "sh", remote_dir], testbed.plain, timeout=30)
+    assert setup.ok, setup
+    for dest in (f"{remote_dir}/link", f"{remote_dir}/link/"):
+        res = await ship(testbed.plain, dest, repo)
+        assert res.ok, res
+        check = await run(["sh", "-c", 'test -L "$1/link" && readlink "$1/link"', "sh",
+                           remote_dir], testbed.plain, timeout=30)
+        assert check.stdout.strip() == "scratch/code", check
+        assert await remote_files(testbed.plain, f"{remote_dir}/scratch/code") == \
+            local_files(repo, TRACKED)
+        assert await siblings(testbed.plain, f"{remote_dir}/scratch/code") == ["code"]

@@ -134,6 +134,16 @@ def test_parse_from_omegaconf_object() -> None:
          "hosts.h.chips.h100", "'two'"),
         ("priority: h", "priority", "'h'"),
         ("hostz: {}", "<root>.hostz", "unknown key"),
+        # a cluster name the solver cannot use
+        ("clusters: {my lab: {root: /r, work: /w}}", "clusters.my lab", "'my lab'"),
+        # an int where a path belongs is not silently turned into a relative path
+        ("clusters: {a: {root: 5, work: /w}}", "clusters.a.root", "5"),
+        # a typo'd key on a host
+        ("clusters: {a: {root: /r, work: /w}}\nhosts: {h: {ssh: h, cluster: a, chipz: {}}}",
+         "hosts.h.chipz", "unknown key"),
+        ("clusters: {a: {root: /r, work: /w}}\n"
+         "hosts: {h: {ssh: h, cluster: a, type: slurm, partitons: [gpu]}}",
+         "hosts.h.partitons", "unknown key"),
     ],
 )
 def test_errors_name_file_key_and_value(tmp_path: Path, text: str, where: str,
@@ -218,3 +228,114 @@ def test_default_partition_falls_back_to_first() -> None:
 def test_examples_load(name: str) -> None:
     cfg = load_dispatch_config(ROOT / "examples" / name)
     assert cfg.hosts and cfg.clusters
+
+
+ALL_FIELDS = """
+mount: redis://jfs:6379/1
+proxy: http://proxy:3128
+clusters:
+  c:
+    root: /r
+    work: /w
+    log: /l
+    share: /s
+    mount: /mnt/jfs
+    cache_size: "1024"
+    cache_dir: /tmp/jc
+hosts:
+  p:
+    type: plain
+    ssh: p-alias
+    cluster: c
+    chips: {h100: 2, a6000: 1}
+    uv_groups: [cuda, dev]
+  s:
+    type: slurm
+    ssh: s-alias
+    cluster: c
+    partitions: [debug, {name: gpu, default: true, constraint: h100}]
+    account: acct
+    qos: high
+    mem: 64G
+    exclude: [n1, n2]
+    uv_groups: [cuda]
+    chips: {h100: 8}
+    cpu_partitions: [cpu]
+    annotations: {support: help@example.org, time_limit: "4:00:00"}
+priority: [s, p]
+gres_mapping: {h100: h100, a6000: rtx_a6000}
+"""
+
+
+def test_every_documented_field_round_trips(tmp_path: Path) -> None:
+    expected = DispatchConfig(
+        mount="redis://jfs:6379/1",
+        proxy="http://proxy:3128",
+        clusters={"c": ClusterConfig("/r", "/w", log="/l", share="/s", mount="/mnt/jfs",
+                                     cache_size="1024", cache_dir="/tmp/jc")},
+        hosts={
+            "p": PlainHostConfig("p-alias", "c", chips={"h100": 2, "a6000": 1},
+                                 uv_groups=["cuda", "dev"]),
+            "s": SlurmHostConfig(
+                "s-alias", "c",
+                partitions=[PartitionConfig("debug"),
+                            PartitionConfig("gpu", default=True, constraint="h100")],
+                account="acct", qos="high", mem="64G", exclude=["n1", "n2"],
+                uv_groups=["cuda"], chips={"h100": 8}, cpu_partitions=["cpu"],
+                annotations={"support": "help@example.org", "time_limit": "4:00:00"}),
+        },
+        priority=["s", "p"],
+        gres_mapping={"h100": "h100", "a6000": "rtx_a6000"},
+    )
+    assert load_dispatch_config(write(tmp_path, ALL_FIELDS)) == expected
+    # Every field of every config dataclass is set to a non-default value above.
+    import dataclasses
+    for obj in (expected, expected.clusters["c"], expected.hosts["p"], expected.hosts["s"]):
+        for f in dataclasses.fields(obj):
+            if f.name != "type":
+                assert getattr(obj, f.name) != f.default, (type(obj).__name__, f.name)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_dispatch_config(path)
+    assert str(info.value).startswith(f"{path}: ") and "empty" in str(info.value)
+
+
+def test_yaml_syntax_error_gives_line_number(tmp_path: Path) -> None:
+    path = write(tmp_path, "clusters:\n  a: {root: /r, work: /w}\nhosts:\n  h: [unclosed\n  x: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_dispatch_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: invalid YAML at line 5"), msg
+    assert "\n" not in msg and info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_duplicate_key_gives_line_number(tmp_path: Path) -> None:
+    path = write(tmp_path, "clusters:\n  a: {root: /r, work: /w}\n"
+                           "hosts:\n  h:\n    ssh: h\n    cluster: a\n    ssh: other\n")
+    with pytest.raises(ConfigError) as info:
+        load_dispatch_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: invalid YAML at line 7"), msg
+    assert "duplicate key ssh" in msg
+
+
+def test_unset_env_var_names_variable_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "clusters:\n  a: {root: /r, work: '${oc.env:DISPATCH_UNSET_XYZ}'}\n"
+                           "hosts: {h: {ssh: h, cluster: a}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_dispatch_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: clusters.a.work: "), msg
+    assert "environment variable 'DISPATCH_UNSET_XYZ' is not set" in msg
+    # No OmegaConf internals (object_type=..., multi-line full_key dumps) leak through.
+    assert "object_type" not in msg and "\n" not in msg
+
+
+def test_unsupported_python_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^clusters\.c\.root: unsupported value"):
+        parse_dispatch_config({"clusters": {"c": {"root": object(), "work": "/w"}}})

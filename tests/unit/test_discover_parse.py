@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dispatch.config import PartitionConfig
-from dispatch.discover import parse_sinfo_gres, parse_sinfo_partitions
+from dispatch.discover import parse_sinfo_gres, parse_sinfo_gres_counts, parse_sinfo_partitions
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "sinfo-partitions"
 
@@ -38,3 +38,17 @@ def test_gres_forms() -> None:
     )
     assert parse_sinfo_gres(text) == {
         "a": {"a100", "v100", "l40s"}, "b": {""}, "c": {"h100"}, "d": set()}
+
+
+def test_gres_counts_most_per_node() -> None:
+    assert parse_sinfo_gres_counts((FIX / "testbed_P_G.txt").read_text()) == {
+        "gpu": {"h100": 4}, "cpu": {}}
+    text = (
+        "a|gpu:a100:4(S:0-1),gpu:v100:2(S:0,1)\n"
+        "a|gpu:a100:8(S:0-1)\n"
+        "b|gpu:4\n"
+        "c|gpu:h100\n"
+        "d*|(null)\n"
+    )
+    assert parse_sinfo_gres_counts(text) == {
+        "a": {"a100": 8, "v100": 2}, "b": {"": 4}, "c": {"h100": 0}, "d": {}}

@@ -10,6 +10,7 @@ from dispatch.gpu import (
     chip_for_gpu,
     count_chips,
     free_gpu_count,
+    free_gpus_by_chip,
     parse_compute_apps,
     parse_gpu_memory,
     parse_gpu_names,
@@ -114,3 +115,29 @@ def test_memory_not_available_and_garbage() -> None:
     with pytest.raises(ValueError, match="unexpected nvidia-smi line"):
         parse_gpu_names("No devices were found\n")
     assert parse_gpu_names("") == []
+
+
+INVENTORY_QUERY = ("nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used,"
+                   "utilization.gpu --format=csv,noheader,nounits")
+
+
+def test_free_by_chip_on_real_capture() -> None:
+    idle_inv, busy_inv = sections(INVENTORY_QUERY)
+    idle, busy = sections(APPS_QUERY)
+    assert free_gpus_by_chip(idle_inv, idle) == {"h200": 1}
+    assert free_gpus_by_chip(busy_inv, busy) == {"h200": 0}
+
+
+def test_free_by_chip_keeps_kinds_apart() -> None:
+    # A mixed workstation: the H100 is busy, both A6000s idle, one GPU unknown.
+    inventory = (
+        "0, GPU-a, NVIDIA RTX A6000, 49140, 10, 0\n"
+        "1, GPU-b, NVIDIA RTX A6000, 49140, 10, 0\n"
+        "2, GPU-c, NVIDIA H100 80GB HBM3, 81559, 60000, 99\n"
+        "3, GPU-d, Mystery, GPU 9000, 1000, 0, 0\n"
+    )
+    apps = "GPU-c, 60000\n"
+    assert free_gpus_by_chip(inventory, apps) == {
+        "a6000": 2, "h100": 0, "Mystery, GPU 9000": 1}
+    with pytest.raises(ValueError, match="unexpected nvidia-smi line"):
+        free_gpus_by_chip("0, GPU-a, 49140\n", "")

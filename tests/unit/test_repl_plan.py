@@ -130,3 +130,29 @@ async def test_bad_local_port_raises(port: object) -> None:
                          hosts={"h": PlainHostConfig(ssh="h", cluster="c")})
     with pytest.raises(InvalidValueError, match="local_port"):
         await repl.dispatch_repl(JobSpec("x"), HardwareRequest(min_chips=0), cfg, port)  # type: ignore[arg-type]
+
+
+async def test_local_port_in_use_fails_before_any_remote_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from dispatch.config import ClusterConfig, DispatchConfig, PlainHostConfig
+    from dispatch.hardware import HardwareRequest
+
+    calls: list[str] = []
+
+    async def no_solve(*args: object, **kwargs: object) -> None:
+        calls.append("solve")
+        raise AssertionError("solve must not run when the local port is taken")
+
+    monkeypatch.setattr(repl, "solve_or_raise", no_solve)
+    cfg = DispatchConfig(clusters={"c": ClusterConfig("/r", "/w")},
+                         hosts={"h": PlainHostConfig("h", "c", chips={"h100": 1})})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InvalidValueError, match=f"local_port {port} is already in use"):
+            await repl.dispatch_repl(JobSpec("nb"), HardwareRequest("h100"), cfg, port,
+                                     sync_enabled=True)
+    assert calls == []

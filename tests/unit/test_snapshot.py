@@ -141,3 +141,59 @@ def test_remote_path_quoted() -> None:
     script = extract_script("/tmp/x y/$(id)")
     assert "target='/tmp/x y/$(id)'" in script
     assert 'target="$HOME"/\'code dir\'' in extract_script("~/code dir/")
+
+
+def test_snapshot_of_repo_without_commits_says_so(tmp_path: Path) -> None:
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "a.py").write_text("A = 1\n")
+    for fn in (snapshot, snapshot_dirty):
+        with pytest.raises(ShipError, match="has no commits yet") as info:
+            fn(repo)
+        assert str(repo) in str(info.value)
+
+
+def test_snapshot_symlinks_empty_dirs_binaries_and_submodules(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sub = make_repo(tmp_path / "sub")
+    repo = make_repo(tmp_path / "r")
+    (repo / "link").symlink_to("README.md")
+    (repo / "empty").mkdir()                       # git does not track empty dirs
+    blob = bytes(range(256)) * 8192                # 2 MiB with every byte value
+    (repo / "weights.bin").write_bytes(blob)
+    git(repo, "add", "-A")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "sub")
+    git(repo, "commit", "-q", "-m", "two")
+    for fn in (snapshot, snapshot_dirty):
+        caplog.clear()
+        data = fn(repo)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            by_name = {m.name.rstrip("/"): m for m in tar}
+            assert by_name["link"].issym() and by_name["link"].linkname == "README.md"
+            weights = tar.extractfile(by_name["weights.bin"])
+            assert weights is not None and weights.read() == blob
+        assert "empty" not in by_name
+        # The submodule is an empty directory in the tarball, and the user is told.
+        assert not any(n.startswith("sub/") for n in by_name)
+        assert "submodules are not shipped" in caplog.text and "sub" in caplog.text
+
+
+def test_pack_files_missing_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "here.txt").write_text("x")
+    with pytest.raises(ShipError, match=r"does not exist: .*not-here\.txt"):
+        pack_files(["here.txt", "not-here.txt"], tmp_path)
+
+
+def test_pack_files_dot_is_everything_in_base(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "x").write_text("x")
+    (tmp_path / "ln").symlink_to("a.txt")
+    for spec in (["."], [tmp_path], [".", "a.txt"]):
+        data = pack_files(spec, base_path=tmp_path)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            names = {m.name: m for m in tar}
+        assert {n for n, m in names.items() if m.isfile()} == {"a.txt", "d/e/x"}
+        assert names["ln"].issym() and names["ln"].linkname == "a.txt"
+        assert not any(n in (".", "") or n.startswith("./") for n in names)

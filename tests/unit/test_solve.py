@@ -23,12 +23,12 @@ from dispatch.solve import SolveResult, solve, solve_or_raise
 class Fake:
     """AvailabilitySource answering from tables; records calls."""
 
-    plain: dict[str, int | Exception] = field(default_factory=dict)
+    plain: dict[str, int | dict[str, int] | Exception] = field(default_factory=dict)
     gres: dict[str, dict[str, set[str]] | Exception] = field(default_factory=dict)
     free: dict[tuple[str, str, str], list[tuple[str, int]]] = field(default_factory=dict)
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
-    async def plain_free_gpus(self, ssh: str, seconds: float) -> int:
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> int | dict[str, int]:
         self.calls.append(("plain", ssh))
         value = self.plain.get(ssh, 0)
         if isinstance(value, Exception):
@@ -129,6 +129,14 @@ CASES = [
     # check_availability, plain: box's h100 busy (0 free) -> hpc? forbidden; -> bighost
     Case("plain-busy", HardwareRequest("h100", 1, forbidden_clusters=["hpc"]), "bighost",
          None, "h100", check=True, src=fake(plain={"box": 0, "bighost": 8})),
+    # per-chip facts: box's h100 is busy though both its a6000 are idle -> bighost
+    Case("plain-busy-mixed", HardwareRequest("h100", 1, forbidden_clusters=["hpc"]),
+         "bighost", None, "h100", check=True,
+         src=fake(plain={"box": {"a6000": 2, "h100": 0}, "bighost": {"h100": 8}})),
+    # any chip on a mixed host: the busy first kind is skipped for a free one
+    Case("plain-any-chip-free-kind", HardwareRequest(None, 1, forbidden_clusters=["hpc"]),
+         "box", None, "h100", check=True,
+         src=fake(plain={"box": {"a6000": 0, "h100": 1}})),
     Case("plain-free", HardwareRequest("h100", 1, forbidden_clusters=["hpc"]), "box",
          None, "h100", check=True, src=fake(plain={"box": 1})),
     # check_availability, SLURM: a node with enough free GPUs in gpu
@@ -210,6 +218,41 @@ async def test_gres_and_mapping_rejections() -> None:
     with pytest.raises(SolveError) as info:
         await solve_or_raise(HardwareRequest("h100", 9), cfg, availability=fake())
     assert "no partition has GRES gpu:h100-sxm" in str(info.value)
+
+
+async def test_request_bigger_than_any_node_is_rejected() -> None:
+    # sinfo counts: gpu nodes carry at most 4 h100 each, big nodes 8.
+    counts = {"gpu": {"h100": 4}, "big": {"h100": 8}, "cpu": {}}
+    cfg = DispatchConfig(clusters=CLUSTERS, gres_mapping={"h100": "h100"}, hosts={
+        "hpc": SlurmHostConfig("hpc", "hpc", partitions=[PartitionConfig("gpu", default=True),
+                                                        PartitionConfig("big")])})
+    src = fake(gres={"hpc": counts})
+    res = await solve_or_raise(HardwareRequest("h100", 4), cfg, availability=src)
+    assert res.partition == "gpu"
+    res = await solve_or_raise(HardwareRequest("h100", 6), cfg, availability=src)
+    assert res.partition == "big"
+    res = await solve_or_raise(HardwareRequest("h100", 6), cfg, True, availability=fake(
+        gres={"hpc": counts}, free={("hpc", "big", "h100"): [("b1", 8)]}))
+    assert res.partition == "big" and not res.fallback
+    for check in (False, True):
+        with pytest.raises(SolveError) as info:
+            await solve_or_raise(HardwareRequest("h100", 9), cfg, check,
+                                 availability=fake(gres={"hpc": counts}))
+        assert "hpc: no node has 9 gpu:h100 (most on one node: gpu: 4, big: 8)" in str(
+            info.value)
+    # Unknown counts (0, or a plain set of types) do not reject.
+    res = await solve_or_raise(HardwareRequest("h100", 9), cfg,
+                               availability=fake(gres={"hpc": {"gpu": {"h100": 0}}}))
+    assert res.partition == "gpu"
+
+
+async def test_forbidden_cluster_is_the_only_hosts_cluster() -> None:
+    cfg = DispatchConfig(clusters=CLUSTERS, hosts={
+        "box": PlainHostConfig("box", "lab", chips={"h100": 1})})
+    with pytest.raises(SolveError) as info:
+        await solve_or_raise(HardwareRequest("h100", 1, forbidden_clusters=["lab"]), cfg,
+                             True, availability=fake())
+    assert "1x h100" in str(info.value) and "box: cluster 'lab' is forbidden" in str(info.value)
 
 
 async def test_cpu_request_without_cpu_capable_host() -> None:
