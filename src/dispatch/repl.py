@@ -143,7 +143,10 @@ def _check_seconds(name: str, value: object, *, optional: bool = False) -> None:
 
 
 def _local_port_free(port: int) -> bool:
+    """True when the tunnel could listen on 127.0.0.1:port. SO_REUSEADDR as asyncio's
+    listener uses it, so a port left in TIME_WAIT by an ended session counts as free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

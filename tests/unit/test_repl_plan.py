@@ -156,3 +156,23 @@ async def test_local_port_in_use_fails_before_any_remote_work(
             await repl.dispatch_repl(JobSpec("nb"), HardwareRequest("h100"), cfg, port,
                                      sync_enabled=True)
     assert calls == []
+
+
+def test_port_in_time_wait_counts_as_free() -> None:
+    """Re-running a session on the same local port right after ending one must work."""
+    import socket
+
+    from dispatch.repl import _local_port_free
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    server_side, _ = listener.accept()
+    assert not _local_port_free(port)  # listening: in use
+    server_side.close()  # the server closes first: its end goes to TIME_WAIT
+    client.close()
+    listener.close()
+    assert _local_port_free(port)
