@@ -680,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run a command on a host; exits with its exit status")
     p.add_argument("host", metavar="HOST")
-    p.add_argument("command", nargs="*", metavar="CMD", help="the command (after `--`)")
+    p.add_argument(
+        "command", nargs="*", default=[], metavar="CMD", help="the command (after `--`)"
+    )  # a default keeps argparse from calling CMD required when HOST is missing
     timeout_opt(p, "command timeout (the remote process is killed; exit 124)")
 
     p = add("run-many", cmd_run_many, "run a command on many hosts concurrently")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -88,6 +90,37 @@ def test_run_bad_host_is_one_line_without_traceback(testbed: Testbed) -> None:
     proc = cli("run", bad_host(testbed), "--", "true", timeout=90)
     assert proc.returncode == 255
     assert_one_error_line(proc)
+
+
+def test_run_malformed_host_is_one_line_naming_it(testbed: Testbed) -> None:
+    # `plain:abc` is no host:port; the wildcard testbed config must not make it "work"
+    proc = cli("run", f"{testbed.plain}:abc", "--", "true", timeout=60)
+    assert proc.returncode == 255
+    assert f"invalid SSH host '{testbed.plain}:abc'" in assert_one_error_line(proc)
+
+
+def test_ctrl_c_during_run_exits_130_and_kills_the_remote_command(testbed: Testbed) -> None:
+    marker = f"{uuid.uuid4().int % 900000 + 100000}.25"
+
+    def remote_sleeps() -> str:
+        check = cli("run", testbed.plain, "--", f"pgrep -a -x sleep | grep -F -- '{marker}'")
+        return check.stdout
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "run", testbed.plain, "--", "sleep", marker],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not remote_sleeps():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err == "dispatch: error: interrupted\n"
+    assert remote_sleeps() == ""
 
 
 def test_run_many(testbed: Testbed) -> None:

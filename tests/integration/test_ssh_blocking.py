@@ -6,8 +6,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 import dispatch
 import dispatch.aio as dx
@@ -83,3 +91,79 @@ def test_after_fork_child_gets_a_fresh_pool(testbed: Testbed) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     # the parent's connection is unharmed by the child
     assert dispatch.run("echo parent", testbed.plain).stdout == "parent\n"
+
+
+# --- the process around the blocking API: Ctrl-C and interpreter exit ----------------------
+
+_INTERRUPTIBLE = """
+import sys, time, dispatch
+t = time.monotonic()
+try:
+    dispatch.run(sys.argv[2], sys.argv[1])
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - t:.1f}s", flush=True)
+    sys.exit(0)
+print("not interrupted", flush=True)
+"""
+
+
+def _remote_sleeps(host: str, marker: str) -> str:
+    # `pgrep -x sleep -a` lists real sleep processes only (not this pgrep's own shell).
+    return dispatch.run(f"pgrep -a -x sleep | grep -F -- '{marker}' || true", host).stdout
+
+
+def test_ctrl_c_in_a_blocking_call_kills_the_remote_command(testbed: Testbed) -> None:
+    marker = f"{random.randint(100000, 999999)}.5"
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "dev", "-c", _INTERRUPTIBLE, testbed.plain, f"sleep {marker}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _remote_sleeps(testbed.plain, marker):  # the remote command is running
+            assert proc.poll() is None and time.monotonic() < deadline
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.startswith("interrupted"), (out, err)
+    assert err == ""
+    assert _remote_sleeps(testbed.plain, marker) == ""  # gone before run() returned
+
+
+_EXITS_WITH_OPEN_CONNECTIONS = """
+import asyncio, sys, dispatch
+from dispatch import aio
+host, port = sys.argv[1], int(sys.argv[2])
+if sys.argv[3] == "blocking":
+    assert dispatch.run("echo hi", host).ok
+    assert dispatch.run_many("true", [host, host + ":22022"])[host].ok
+    assert dispatch.forward_port(host, port, 22022).ok
+else:
+    async def main() -> None:
+        assert (await aio.run("echo hi", host)).ok
+        assert (await aio.run_many("true", [host, host + ":22022"]))[host].ok
+        assert (await aio.forward_port(host, port, 22022)).ok  # left open on purpose
+    for _ in range(5):  # each loop's default pool (and tunnel) goes away with the loop
+        asyncio.run(main())
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("style", ["blocking", "asyncio.run"])
+def test_interpreter_exit_with_open_connections_is_clean(testbed: Testbed, style: str) -> None:
+    port = _free_port()
+    env = {**os.environ, "PYTHONASYNCIODEBUG": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c",
+         _EXITS_WITH_OPEN_CONNECTIONS, testbed.plain, str(port), style],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "done\n"), proc.stderr
+    assert proc.stderr == ""  # no "Task was destroyed", "Event loop is closed", warnings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

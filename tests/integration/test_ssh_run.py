@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 import dispatch.aio as dx
+from dispatch.errors import InvalidValueError
 from dispatch.ssh import Pool, current_pool
 
 from ..conftest import Testbed
@@ -213,3 +215,55 @@ async def test_proxyjump_through_pooled_jump_host(testbed: Testbed, tmp_path: ob
         assert r.ok, r.stderr
         assert r.stdout.strip() == testbed.user2
         assert pool.stats()["plain"].open_connections == 1  # the jump host is pooled
+
+
+async def test_failed_second_proxyjump_hop_unpins_the_first(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        f"Include {testbed.ssh_config}\n"
+        "Host jumped2\n"
+        f"    ProxyJump {testbed.plain},nobody-here@{testbed.plain}\n"
+    )
+    async with Pool(ssh_config=cfg) as pool:
+        r = await dx.run("true", "jumped2", timeout=60)
+        assert r.returncode == 255
+        assert f"nobody-here@{testbed.plain}" in r.stderr and "Permission denied" in r.stderr, r
+        # the first hop stays pooled but no longer pinned: the idle reaper may close it
+        assert [c.pins for c in pool._slots[testbed.plain].conns] == [0]
+
+
+async def test_bad_arguments_fail_clearly_naming_the_value(
+    testbed: Testbed, pool: Pool, tmp_path: Path
+) -> None:
+    # A host string that cannot be an SSH destination never reaches a (wildcard) config.
+    for bad in ("plain:abc", "plain:", ":22022", "user@", "pl ain", ""):
+        res = await dx.run("true", bad)
+        assert res.returncode == 255 and f"invalid SSH host {bad!r}" in res.stderr, (bad, res)
+    assert testbed.plain + ":abc" not in pool.stats()
+    with pytest.raises(InvalidValueError, match="hosts must be a list"):
+        await dx.run_many("true", testbed.plain)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="command is empty"):
+        await dx.run([], testbed.plain)
+    with pytest.raises(InvalidValueError, match="input must be bytes or str, not int"):
+        await dx.run("cat", testbed.plain, input=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="must be a str, not NoneType"):
+        await dx.run("true", None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="data must be bytes or str, not int"):
+        await dx.write_file(testbed.plain, "~/x", 5)  # type: ignore[arg-type]
+    for bad_local in (None, "", b"f"):
+        with pytest.raises(InvalidValueError, match="local_path must be a str or Path"):
+            await dx.copy_to(bad_local, testbed.plain, "~/x")  # type: ignore[arg-type]
+        with pytest.raises(InvalidValueError, match="local_path must be a str or Path"):
+            await dx.copy_from(testbed.plain, "~/x", bad_local)  # type: ignore[arg-type]
+    local = tmp_path / "f"
+    local.write_text("x")
+    for timeout in (0, -1, True):
+        with pytest.raises(InvalidValueError, match=f"not {timeout!r}"):
+            await dx.copy_to(local, testbed.plain, "~/x", timeout=timeout)
+        with pytest.raises(InvalidValueError, match=f"not {timeout!r}"):
+            await dx.copy_from(testbed.plain, "~/x", tmp_path / "g", timeout=timeout)
+        with pytest.raises(InvalidValueError, match=f"not {timeout!r}"):
+            await dx.run("true", testbed.plain, timeout=timeout)
+    assert not (tmp_path / "g").exists()

@@ -162,6 +162,15 @@ async def test_transfer_failures_are_results(testbed: Testbed, rdir: str, tmp_pa
     assert badhost.returncode == 255 and "Permission denied" in badhost.stderr
 
 
+async def test_write_file_onto_a_directory_says_so(testbed: Testbed, rdir: str) -> None:
+    assert (await dx.run(["mkdir", "-p", f"{rdir}/adir/keep"], testbed.plain)).ok
+    r = await dx.write_file(testbed.plain, f"{rdir}/adir", b"x")
+    assert r.returncode == 1
+    assert r.stderr == f"dispatch: writing {testbed.plain}:{rdir}/adir: it is a directory\n"
+    assert (await dx.run(["ls", "-A", rdir], testbed.plain)).stdout == "adir\n"  # no temp file
+    assert (await dx.run(["ls", "-A", f"{rdir}/adir"], testbed.plain)).stdout == "keep\n"
+
+
 async def test_write_file_onto_full_disk_says_no_space(testbed: Testbed, pool: Pool) -> None:
     """SFTP reports a full disk as a bare "Failure": the result must say what happened."""
     with full_dir(testbed.user, "1m") as d:

@@ -132,3 +132,38 @@ async def test_detached_tunnel_close_and_errors(
     assert await asyncio.to_thread(_refused, local)
     bad = await dx.forward_port(testbed.plain, _free_port(), _free_port(), detached=True)
     assert bad.returncode != 0 and bad.pid is None and "is anything listening" in bad.stderr
+
+
+async def test_timeout_while_verifying_frees_the_local_port(
+    testbed: Testbed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward that times out (or is cancelled) after it started listening must not keep
+    the local port bound or the connection pinned: a retry on the same port works."""
+    import dispatch.ssh.tunnel as tunnel_mod
+
+    real_verify = tunnel_mod._verify
+    stalled = asyncio.Event()
+
+    async def stalled_verify(*args: object) -> str | None:
+        stalled.set()
+        await asyncio.Event().wait()  # a remote side that never answers
+        return None
+
+    port = _free_port()
+    async with Pool() as pool:
+        monkeypatch.setattr(tunnel_mod, "_verify", stalled_verify)
+        res = await dx.forward_port(testbed.plain, port, testbed.ssh_port, timeout=0.5)
+        assert stalled.is_set() and res.returncode == -1 and "timed out" in res.stderr
+        assert _refused(port) and pool.tunnels == {}
+        task = asyncio.ensure_future(dx.forward_port(testbed.plain, port, testbed.ssh_port))
+        await stalled.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _refused(port) and pool.tunnels == {}
+        monkeypatch.setattr(tunnel_mod, "_verify", real_verify)
+        ok = await dx.forward_port(testbed.plain, port, testbed.ssh_port, timeout=30)
+        assert ok.ok, ok.stderr
+        conn_pins = [c.pins for s in pool._slots.values() for c in s.conns]
+        assert conn_pins == [1]  # only the live tunnel pins the connection
+        assert await dx.close_tunnel(ok)

@@ -222,6 +222,14 @@ def test_run_without_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]
     )
 
 
+def test_run_without_host_names_only_host(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["run"])
+    assert exc.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("dispatch:")]
+    assert errors == ["dispatch: error: the following arguments are required: HOST"]
+
+
 def test_multiline_error_messages_become_one_line() -> None:
     from dispatch.cli import _one_line
 

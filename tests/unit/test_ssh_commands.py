@@ -15,7 +15,13 @@ import pytest
 
 from dispatch.errors import InvalidValueError
 from dispatch.results import RunResult, TunnelResult
-from dispatch.ssh.commands import command_string, kill_script, wrap_command
+from dispatch.ssh.commands import (
+    check_hosts,
+    check_timeout,
+    command_string,
+    kill_script,
+    wrap_command,
+)
 from dispatch.ssh.pool import Pool
 from dispatch.ssh.tunnel import _bad_args
 
@@ -90,7 +96,7 @@ def test_kill_script_kills_tagged_tree_only() -> None:
                 p.wait()
 
 
-@pytest.mark.parametrize("bad", [None, 3, ["ls", 3], b"ls", "a\x00b"])
+@pytest.mark.parametrize("bad", [None, 3, ["ls", 3], b"ls", "a\x00b", [], "", "  \n", ()])
 def test_bad_commands_raise(bad: object) -> None:
     with pytest.raises(InvalidValueError):
         command_string(bad)  # type: ignore[arg-type]
@@ -114,6 +120,13 @@ def test_tunnel_argument_checks(
     msg = _bad_args("host", local, remote, rhost)
     assert msg is not None and fragment in msg
     assert _bad_args("host", 8080, 80, "node12") is None
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, "30", None])
+def test_tunnel_timeout_checked(bad: object) -> None:
+    assert _bad_args("host", 8080, 80, "localhost", bad) == (
+        f"dispatch: forward_port: invalid timeout {bad!r} (a positive number of seconds)"
+    )
 
 
 def test_result_types() -> None:
@@ -146,3 +159,24 @@ async def test_named_ssh_config_that_does_not_exist_is_a_clear_error(
     async with Pool():
         res = await dx.run("true", "somehost", timeout=10)
     assert "(from $DISPATCH_SSH_CONFIG) does not exist" in res.stderr
+
+
+@pytest.mark.parametrize("bad", [0, -1, -0.5, True, "10", float("nan")])
+def test_bad_timeouts_raise_naming_the_value(bad: object) -> None:
+    with pytest.raises(InvalidValueError, match="timeout must be a positive number") as info:
+        check_timeout(bad)
+    assert repr(bad) in str(info.value)
+
+
+def test_good_timeouts_pass() -> None:
+    for ok in (None, 1, 0.25, 3600):
+        check_timeout(ok)
+
+
+@pytest.mark.parametrize("bad", ["plain", b"plain", None, 3, ["plain", None], {1: "a"}])
+def test_run_many_hosts_must_be_a_list_of_strings(bad: object) -> None:
+    # a bare string would otherwise fan out to hosts 'p', 'l', 'a', 'i', 'n'
+    with pytest.raises(InvalidValueError, match="hosts must be"):
+        check_hosts(bad)
+    assert check_hosts(("a", "b")) == ["a", "b"]
+    assert check_hosts(h for h in {"a": 1}) == ["a"]

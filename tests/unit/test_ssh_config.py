@@ -74,7 +74,33 @@ def test_parse_host(text: str, spec: HostSpec) -> None:
     assert parse_host(text) == spec
 
 
-@pytest.mark.parametrize("bad", ["", " ", "a b", "-oProxyCommand=x", "@host", "user@", "h:70000"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", " ", "a b", "-oProxyCommand=x", "@host", "user@", "h:70000", "h:abc", "h:", ":22",
+     "u@h:0", "[::1]:x", "[::1]:99999"],
+)
 def test_parse_host_rejects(bad: str) -> None:
-    with pytest.raises(ValueError, match="invalid SSH host"):
+    with pytest.raises(ValueError, match="invalid SSH host") as info:
         parse_host(bad)
+    assert repr(bad) in str(info.value)  # the message names the bad value
+
+
+def test_hosts_with_patterns_match_blocks_and_no_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(sc.SSH_CONFIG_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sc.hosts() == []  # no ~/.ssh/config: nothing, and no error
+    ssh = tmp_path / ".ssh"
+    (ssh / "conf.d").mkdir(parents=True)
+    (ssh / "conf.d" / "b.conf").write_text("Host inc2 inc1\n")
+    (ssh / "conf.d" / "a.conf").write_text("Host inc1\n")
+    (ssh / "config").write_text(
+        "Include conf.d/*.conf\n"
+        "Host * !bastion\n    User me\n"
+        'Match host gpu* exec "true"\n    Port 2222\n'
+        "Host=login1 login2 !nope\n"
+        "Host *.cluster gpu?\n"
+        "Host bastion # the jump host\n    HostName b.example\n"
+    )
+    assert sc.hosts() == ["inc1", "inc2", "login1", "login2", "bastion"]

@@ -13,7 +13,7 @@ import logging
 import secrets
 import shlex
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import asyncssh
 
@@ -41,7 +41,36 @@ def command_string(cmd: str | Sequence[str]) -> str:
         raise InvalidValueError(f"command must be a str or list[str], not {type(cmd).__name__}")
     if "\x00" in text:
         raise InvalidValueError(f"command contains a NUL byte: {text!r}")
+    if not text.strip():  # the remote shell would do nothing and report success
+        raise InvalidValueError(f"command is empty: {cmd!r}")
     return text
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> None:
+    """Raise InvalidValueError unless ``timeout`` is None or a positive number of seconds."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
+
+
+def check_input(input: object) -> None:
+    """Raise InvalidValueError unless ``input`` is None, bytes or str."""
+    if input is not None and not isinstance(input, bytes | bytearray | memoryview | str):
+        raise InvalidValueError(f"input must be bytes or str, not {type(input).__name__}")
+
+
+def check_hosts(hosts: object) -> list[str]:
+    """The hosts of ``run_many`` as a list; a bare string or non-str items are errors."""
+    if isinstance(hosts, str | bytes) or not isinstance(hosts, Iterable):
+        raise InvalidValueError(
+            f"hosts must be a list of host strings, not {type(hosts).__name__}: {hosts!r}"
+        )
+    out = list(hosts)
+    bad = [h for h in out if not isinstance(h, str)]
+    if bad:
+        raise InvalidValueError(f"hosts must be strings: {bad[0]!r} in {out!r}")
+    return out
 
 
 def wrap_command(text: str, run_id: str, *, login_shell: bool) -> str:
@@ -165,7 +194,7 @@ async def _run_once(
     ) -> tuple[asyncssh.SSHClientChannel[bytes], asyncssh.SSHClientSession[bytes]]:
         return await conn.create_session(factory, command, encoding=None)
 
-    data = input.encode("utf-8") if isinstance(input, str) else input
+    data = input.encode("utf-8") if isinstance(input, str) else input and bytes(input)
     if tag:
         pool.running[run_id] = (host, asyncio.current_task())
     try:
@@ -276,10 +305,10 @@ async def run(
         RunResult with returncode, stdout and stderr.
     """
     text = command_string(cmd)
-    if not isinstance(retries, int) or retries < 0:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise InvalidValueError(f"retries must be an int >= 0, not {retries!r}")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise InvalidValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    check_timeout(timeout)
+    check_input(input)
     attempt = 0
     while True:
         result, retryable = await _run_once(
@@ -310,8 +339,9 @@ async def run_many(
     Returns:
         Dict mapping host -> RunResult.
     """
-    command_string(cmd)  # invalid commands raise once, before anything runs
-    unique = list(dict.fromkeys(hosts))
+    command_string(cmd)  # invalid arguments raise once, before anything runs
+    check_timeout(timeout)
+    unique = list(dict.fromkeys(check_hosts(hosts)))
 
     async def one(h: str) -> RunResult:
         try:

@@ -81,9 +81,13 @@ def parse_host(text: str) -> HostSpec:
             raise ValueError(f"invalid SSH host {text!r}: port {port} out of range")
     elif rest.startswith("[") and "]:" in rest:  # [v6addr]:port
         addr, _, port_s = rest[1:].partition("]:")
-        if not port_s.isdigit():
-            raise ValueError(f"invalid SSH host {text!r}")
+        if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+            raise ValueError(f"invalid SSH host {text!r}: bad port {port_s!r}")
         rest, port = addr, int(port_s)
+    elif rest.count(":") == 1:  # host:port with a port that is not a number (host:, host:abc)
+        name, _, port_s = rest.partition(":")
+        what = f"bad port {port_s!r}" if name else "empty host name"
+        raise ValueError(f"invalid SSH host {text!r}: {what} (write host or host:PORT)")
     return HostSpec(rest, user, port)
 
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .. import _blocking
-from ..errors import DispatchError, HostKeyError
+from ..errors import DispatchError, HostKeyError, InvalidValueError
 from .config import (
     SSH_CONFIG_ENV,
     HostSpec,
@@ -470,12 +470,14 @@ class Pool:
     # -- connecting -----------------------------------------------------------------------
 
     def _slot(self, host: str) -> _Slot:
+        if not isinstance(host, str):  # a programming error, not an unreachable host
+            raise InvalidValueError(f"SSH host must be a str, not {type(host).__name__}: {host!r}")
         slot = self._slots.get(host)
         if slot is None:
             try:
                 spec = parse_host(host)
             except ValueError as exc:
-                raise ConnectError(str(exc)) from None
+                raise ConnectError(f"dispatch: {exc}") from None
             slot = self._slots[host] = _Slot(host, spec)
         return slot
 
@@ -600,12 +602,33 @@ class Pool:
 
         cleanups.append(_unpin)
         conn: asyncssh.SSHClientConnection = first.conn
-        for hop in hops[1:]:
-            hop_slot = _Slot(hop, parse_host(hop))
-            hop_opts = await self._options(hop_slot)
-            conn = await asyncssh.connect(hop_opts.host, options=hop_opts, tunnel=conn)
-            cleanups.append(conn.close)
+        try:
+            for hop in hops[1:]:
+                hop_slot = self._hop_slot(slot, hop)
+                hop_opts = await self._options(hop_slot)
+                try:
+                    conn = await asyncio.wait_for(
+                        asyncssh.connect(hop_opts.host, options=hop_opts, tunnel=conn),
+                        float(hop_opts.connect_timeout or self.connect_timeout),
+                    )
+                except (TimeoutError, OSError, asyncssh.Error) as exc:
+                    msg, transient = self._describe(hop_slot, exc)
+                    raise ConnectError(
+                        f"{msg} (ProxyJump hop {hop} of {slot.key})", transient=transient
+                    ) from None
+                cleanups.append(conn.close)
+        except BaseException:  # the first hop stays pooled, but unpinned; later hops closed
+            for fn in reversed(cleanups):
+                fn()
+            raise
         return conn, cleanups
+
+    def _hop_slot(self, slot: _Slot, hop: str) -> _Slot:
+        """A throwaway slot (for options and messages) of a later ProxyJump hop."""
+        try:
+            return _Slot(hop, parse_host(hop))
+        except ValueError as exc:
+            raise ConnectError(f"dispatch: {slot.key}: ProxyJump {exc}") from None
 
     async def _connect_once(self, slot: _Slot) -> asyncssh.SSHClientConnection:
         opts = await self._options(slot)

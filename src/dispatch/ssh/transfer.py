@@ -23,7 +23,9 @@ from pathlib import Path
 
 import asyncssh
 
+from ..errors import InvalidValueError
 from ..results import RunResult
+from .commands import check_timeout
 from .pool import ConnectError, Lease, current_pool
 
 __all__ = ["copy_to", "copy_from", "write_file"]
@@ -61,6 +63,13 @@ def _remote(path: str) -> str:
     if path.startswith("~"):
         raise _Failed(2, f"dispatch: remote path {path!r}: only ~ and ~/ are expanded")
     return path
+
+
+def _local_path(path: object) -> Path:
+    """``path`` as a Path; anything but a non-empty str or PathLike is a programming error."""
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise InvalidValueError(f"local_path must be a str or Path, not {path!r}")
+    return Path(path)
 
 
 def _tmp_name(final: str, sep: str = "/") -> str:
@@ -196,6 +205,16 @@ async def _explain(
     return _Failed(1, f"dispatch: writing {host}:{path}: {exc.reason}")
 
 
+async def _explain_write(
+    sftp: asyncssh.SFTPClient, exc: asyncssh.SFTPError, host: str, path: str, size: int
+) -> _Failed:
+    """Like ``_explain``, but first: the rename failed because the target is a directory."""
+    with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
+        if await asyncio.wait_for(_remote_isdir(sftp, path), 10.0):
+            return _Failed(1, f"dispatch: writing {host}:{path}: it is a directory")
+    return await _explain(sftp, exc, host, path, size)
+
+
 def _result(exc: BaseException, what: str, host: str, timeout: float | None) -> RunResult:
     # Parallel directory uploads fail as an ExceptionGroup (TaskGroup): report the first.
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -241,8 +260,15 @@ async def write_file(
         RunResult: returncode 0 on success; non-zero with stderr on failure (255 when the
         host cannot be reached, -1 on timeout).
     """
+    check_timeout(timeout)
     if isinstance(data, str):
         data = data.encode("utf-8")
+    elif isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    elif not isinstance(data, bytes):
+        raise InvalidValueError(f"write_file data must be bytes or str, not {type(data).__name__}")
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise InvalidValueError(f"write_file mode must be permission bits (0o600), not {mode!r}")
     what = f"write_file {remote_path!r}"
     try:
         async with asyncio.timeout(timeout), _sftp(host) as sftp:
@@ -259,8 +285,8 @@ async def write_file(
                 await _rename(sftp, tmp, path)
             except BaseException as exc:
                 err = _sftp_error(exc)
-                clear = await asyncio.shield(_explain(sftp, err, host, path, len(data))) if err \
-                    else None
+                clear = await asyncio.shield(_explain_write(sftp, err, host, path, len(data))) \
+                    if err else None
                 await asyncio.shield(_rm_remote(sftp, tmp))
                 if clear is not None:
                     raise clear from None
@@ -297,7 +323,8 @@ async def copy_to(
     Returns:
         RunResult with returncode, stdout, and stderr.
     """
-    src = Path(local_path)
+    check_timeout(timeout)
+    src = _local_path(local_path)
     what = f"copy_to {str(src)!r} -> {remote_path!r}"
     try:
         tracker = _Tracker(_local_size(src), progress)
@@ -500,7 +527,8 @@ async def copy_from(
     Returns:
         RunResult with returncode, stdout, and stderr.
     """
-    dst = Path(local_path)
+    check_timeout(timeout)
+    dst = _local_path(local_path)
     what = f"copy_from {remote_path!r} -> {str(dst)!r}"
     try:
         async with asyncio.timeout(timeout), _sftp(host) as sftp:

@@ -33,6 +33,13 @@ __all__ = ["forward_port", "close_tunnel"]
 log = logging.getLogger(__name__)
 
 _VERIFY_TIMEOUT = 10.0
+_SETTLE_TIMEOUT = 1.0  # how long the verification connection may take to close
+
+
+async def _drain(reader: asyncio.StreamReader) -> None:
+    """Read and discard until EOF."""
+    while await reader.read(65536):
+        pass
 
 
 @dataclass
@@ -76,22 +83,32 @@ async def _verify(
     except (TimeoutError, OSError, asyncssh.Error) as exc:
         return f"dispatch: forward_port: testing {remote_host}:{remote_port} via {host}: {exc}"
     try:
-        _, lw = await asyncio.wait_for(
+        lr, lw = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", local_port), _VERIFY_TIMEOUT
         )
-        lw.close()
-        with contextlib.suppress(OSError):
-            await lw.wait_closed()
+        try:
+            # Half-close and wait (briefly) for the far side to close too: the forwarded
+            # test connection is then torn down, not left to leak if the loop ends now.
+            lw.write_eof()
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(_drain(lr), _SETTLE_TIMEOUT)
+        finally:
+            lw.close()
+            with contextlib.suppress(OSError):
+                await lw.wait_closed()
     except (TimeoutError, OSError) as exc:
         return f"dispatch: forward_port: local listener 127.0.0.1:{local_port} not reachable: {exc}"
     return None
 
 
 def _bad_args(
-    host: object, local_port: object, remote_port: object, remote_host: object
+    host: object, local_port: object, remote_port: object, remote_host: object,
+    timeout: object = 30.0,
 ) -> str | None:
     if not isinstance(host, str) or not host or host.startswith("-"):
         return f"dispatch: forward_port: invalid host {host!r}"
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        return f"dispatch: forward_port: invalid timeout {timeout!r} (a positive number of seconds)"
     for name, port in (("local_port", local_port), ("remote_port", remote_port)):
         if not _valid_port(port):
             return f"dispatch: forward_port: invalid {name} {port!r} (an int in 1..65535)"
@@ -124,8 +141,15 @@ async def _open_in_pool(
     except asyncssh.Error as exc:
         unpin()
         return None, 255, f"dispatch: forward_port: {host}: {exc}\n"
+    except BaseException:  # cancelled or timed out: nothing may stay pinned
+        unpin()
+        raise
     tunnel = _Tunnel(listener, unpin)
-    err = await _verify(conn, host, local_port, remote_host, remote_port)
+    try:
+        err = await _verify(conn, host, local_port, remote_host, remote_port)
+    except BaseException:  # timed out or cancelled while verifying: free the local port
+        tunnel.close()
+        raise
     if err is not None:
         tunnel.close()
         return None, 1, err + "\n"
@@ -166,7 +190,7 @@ async def forward_port(
         argv when detached, the equivalent ``ssh -L`` command line otherwise).
     """
     command = ssh_equivalent(str(host), local_port, str(remote_host), remote_port)
-    bad = _bad_args(host, local_port, remote_port, remote_host)
+    bad = _bad_args(host, local_port, remote_port, remote_host, timeout)
     info: dict[str, Any] = {
         "host": host if isinstance(host, str) else None,
         "local_port": local_port if _valid_port(local_port) else None,
