@@ -761,7 +761,9 @@ async def end_repl(result: ReplResult, timeout: float = 60.0) -> RunResult:
     if result.is_slurm:
         if result.job_id is not None:
             res = await cancel(result.job_id, result.ssh_host, timeout=timeout)
-            if not res.ok:
+            gone = "already completing or completed" in res.stderr or (
+                "Invalid job id" in res.stderr)  # ended before us: nothing left to stop
+            if not res.ok and not gone:
                 errors.append(f"scancel {result.job_id} on {result.ssh_host}: "
                               f"{res.stderr.strip() or res.returncode}")
     elif result.remote_pid is not None:

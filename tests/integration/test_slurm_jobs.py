@@ -99,9 +99,15 @@ async def test_pending_status_then_cancel(
                                         timeout=1.0)
     assert node is None and st.ssh_result.returncode == -1
     assert st.job is not None and st.job.state == "PENDING"  # the last state seen
-    assert (await query.cancel(result.job_id, testbed.slurm)).ok
+    cancelled = await query.cancel(result.job_id, testbed.slurm)
+    assert cancelled.ok and cancelled.stderr == "", cancelled
     info = await wait(result.job_id, testbed.slurm, poll_interval=POLL, timeout=60)
     assert _state(info) == "CANCELLED"
+    # scancel itself exits 0 for these; cancel() reports them as failures
+    again = await query.cancel(result.job_id, testbed.slurm)
+    assert again.returncode == 1 and "error:" in again.stderr, again
+    unknown = await query.cancel(99999999, testbed.slurm)
+    assert unknown.returncode == 1 and "Invalid job id" in unknown.stderr, unknown
 
 
 async def test_running_status_wait_until_running_and_wait_timeout(

@@ -149,7 +149,9 @@ async def status(job_id: int, host: str, timeout: float | None = None) -> Status
 async def cancel(job_id: int, host: str, timeout: float | None = None) -> RunResult:
     """Cancel a SLURM job.
 
-    Runs ``scancel`` once (not retried: the caller decides).
+    Runs ``scancel --verbose`` once (not retried: the caller decides). scancel exits 0
+    even for a job id it does not know; its verbose error line ("Invalid job id
+    specified", "already completing or completed") turns the result into returncode 1.
 
     Args:
         job_id: SLURM job id to cancel.
@@ -157,9 +159,14 @@ async def cancel(job_id: int, host: str, timeout: float | None = None) -> RunRes
         timeout: Seconds for the SSH call (None: no limit).
 
     Returns:
-        `RunResult` of scancel.
+        `RunResult` of scancel (its "Terminating job" progress lines dropped).
     """
-    return await run(["scancel", str(check_job_id(job_id))], host, timeout=timeout)
+    res = await run(["scancel", "--verbose", str(check_job_id(job_id))], host, timeout=timeout)
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("scancel: Terminating")]
+    stderr = "".join(f"{ln}\n" for ln in lines)
+    failed = res.ok and any("error:" in ln for ln in lines)
+    return RunResult(1 if failed else res.returncode, res.stdout, stderr,
+                     may_have_run=res.may_have_run)
 
 
 def base_job_id(step_id: str) -> str:
