@@ -428,10 +428,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.packed:
         result = _api("submit_packed")(
             job, args.host, repo_path=args.repo, share_dir=args.share_dir, dirty=args.dirty,
-            timeout=args.timeout,
+            timeout=args.timeout, sbcast=args.sbcast,
         )  # fmt: skip
     else:
-        result = _api("submit")(job, args.host, share_dir=args.share_dir, timeout=args.timeout)
+        result = _api("submit")(job, args.host, share_dir=args.share_dir, timeout=args.timeout,
+                                sbcast=args.sbcast)
     if result.job_id is None:
         _check_ssh("sbatch", args.host, result.ssh_result)
         raise CliError(f"sbatch on {args.host} gave no job id: {result.ssh_result.stdout!r}")
@@ -799,6 +800,9 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--account", "-A")
     p.add_argument("--qos", "-q")
     p.add_argument("--share-dir", help="shared directory for the job's scripts")
+    p.add_argument("--sbcast", action="store_true",
+                   help="carry the bootstrap in the script and sbcast it to every node "
+                        "(multi-node jobs without a shared directory)")
     p.add_argument("--packed", action="store_true", help="pack a git repo's code into the job")
     p.add_argument("--repo", metavar="PATH", help="repo to pack (default: cwd); needs --packed")
     p.add_argument(

@@ -229,6 +229,17 @@ def test_submit_and_wait_completed(testbed: Testbed) -> None:
     assert proc.stdout.startswith("submitted job ") and "COMPLETED" in proc.stdout
 
 
+def test_submit_sbcast_two_nodes(testbed: Testbed) -> None:
+    proc = cli(
+        "submit", testbed.slurm, "--command", "echo on $SLURMD_NODENAME", "--nodes", "2",
+        "--partition", testbed.env.get("DISPATCH_TESTBED_CPU_PARTITION", "cpu"),
+        "--time", "2:00", "--sbcast", "--wait", "--poll", "1", "--wait-timeout", "180",
+        timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "COMPLETED" in proc.stdout
+
+
 def test_queue_status_cancel_wait(testbed: Testbed) -> None:
     job = _submit(testbed, "--command", "sleep 300", "--time", "5:00")
     try:
