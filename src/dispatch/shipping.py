@@ -56,8 +56,15 @@ def _toplevel(repo_path: str | Path | None) -> Path:
 
 
 def _check_ref(top: Path, ref: str) -> str:
+    """The object to archive: the commit when ``ref`` names one (its entries then carry the
+    commit's time, so the same commit always gives the same bytes and the payload cache
+    hits), else the tree (git stamps a bare tree's entries with the current time)."""
     if not isinstance(ref, str) or not ref or ref.startswith("-") or "\0" in ref:
         raise ShipError(f"invalid git ref: {ref!r}")
+    proc = _git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}",
+                check=False)
+    if proc.returncode == 0:
+        return proc.stdout.decode().strip()
     proc = _git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{tree}}",
                 check=False)
     if proc.returncode != 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,18 @@ def test_snapshot_is_gzip_of_tracked_files(tmp_path: Path) -> None:
                      "gone.txt": b"to be deleted\n", ".gitignore": b"*.log\nbuild/\n"}
     # a subdirectory of the repo ships the whole repository
     assert members(snapshot(repo / "pkg")).keys() == members(data).keys()
+
+
+def test_snapshot_of_a_commit_is_byte_identical_across_time(tmp_path: Path) -> None:
+    """The payload cache is keyed by sha256: the same commit must give the same bytes,
+    also when the wall clock moved on (git stamps a bare tree's entries with "now")."""
+    repo = make_repo(tmp_path / "r")
+    first = snapshot(repo)
+    start = time.time()
+    while int(time.time()) == int(start):  # cross a second boundary (tar mtimes are seconds)
+        time.sleep(0.05)
+    assert snapshot(repo) == first
+    assert snapshot(repo, git(repo, "rev-parse", "HEAD").strip()) == first
 
 
 def test_snapshot_ref(tmp_path: Path) -> None:
