@@ -144,7 +144,8 @@ async def bench_submit(host: str, share: str) -> list[str]:
         times = []
         for _ in range(2):  # first: uploads the payload; second: already there
             t0 = time.monotonic()
-            path = await submit_mod.upload_payload(tarball, host, share)
+            path, up = await submit_mod.upload_payload(tarball, host, share)
+            assert up.ok, up.stderr
             res = await submit_mod._submit(job, host, share, None, None, payload_path=path)
             times.append(time.monotonic() - t0)
             assert res.job_id is not None, res.ssh_result.stderr
