@@ -152,7 +152,10 @@ def snapshot_dirty(repo_path: str | Path | None = None) -> bytes:
         for member in src:
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
         for rel in _untracked(top):
-            _add(dst, top / rel, rel)
+            try:
+                _add(dst, top / rel, rel)
+            except FileNotFoundError:  # deleted between `git ls-files` and now: not shipped
+                log.debug("untracked %s vanished while packing; skipped", rel)
     return buf.getvalue()
 
 

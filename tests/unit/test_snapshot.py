@@ -112,6 +112,24 @@ def test_snapshot_dirty(tmp_path: Path) -> None:
     assert git(repo, "stash", "list") == ""
 
 
+def test_snapshot_dirty_skips_an_untracked_file_that_vanishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor's temp file can disappear between listing and packing: skip it."""
+    import dispatch.shipping as shipping
+
+    repo = make_repo(tmp_path / "r")
+    (repo / "kept.txt").write_text("k\n")
+    listed = shipping._untracked
+
+    def untracked_then_vanish(top: Path) -> list[str]:
+        return [*listed(top), "vanished.tmp"]
+
+    monkeypatch.setattr(shipping, "_untracked", untracked_then_vanish)
+    files = members(snapshot_dirty(repo))
+    assert "kept.txt" in files and "vanished.tmp" not in files
+
+
 def test_snapshot_dirty_clean_tree_equals_head(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")
     assert members(snapshot_dirty(repo)) == members(snapshot(repo))
