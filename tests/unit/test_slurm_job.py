@@ -735,3 +735,41 @@ def test_modules_loaded_when_module_command_exists(tmp_path: pathlib.Path) -> No
     proc = run_script(job.to_bootstrap_script(), tmp_path, path_prefix=fakebin)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().splitlines() == ["module load cuda/12.1 gcc@13", "cmd"]
+
+
+# --- review fixes: values sbatch accepts, list fields given as a bare string ---------
+
+
+@pytest.mark.parametrize("mem", ["16GB", "500MB", "1gb", "100KB", "2TB", "0"])
+def test_mem_with_b_suffix_is_accepted_like_sbatch(mem: str) -> None:
+    # sbatch (testbed, --test-only) accepts --mem=16GB / 100mb; only K/M/G/T[B] suffixes.
+    job = SlurmJob(name="m", command="true", mem=mem, mem_per_cpu=None)
+    assert f"--mem={mem}" in job.sbatch_directives()
+    assert SlurmJob(name="m", command="true", mem_per_cpu=mem).mem_per_cpu == mem
+
+
+@pytest.mark.parametrize("mem", ["1.5G", "1GiB", "16 GB", "lots", "G", "16BG"])
+def test_mem_sbatch_rejects_is_rejected_naming_value(mem: str) -> None:
+    with pytest.raises(InvalidValueError, match="mem"):
+        SlurmJob(name="m", command="true", mem=mem)
+
+
+@pytest.mark.parametrize(
+    "field", ["modules", "setup_commands", "exclude", "extra_directives", "uv_groups"]
+)
+def test_list_field_given_a_string_is_rejected(field: str) -> None:
+    # A bare string used to be iterated character by character (setup_commands="pip
+    # install x" became one command per letter; modules="gcc" loaded g, c and c).
+    with pytest.raises(InvalidValueError, match=field):
+        SlurmJob(name="s", command="true", **{field: "gcc"})  # type: ignore[arg-type]
+
+
+def test_list_fields_accept_tuples() -> None:
+    job = SlurmJob(name="t", command="true", modules=("gcc/12",),  # type: ignore[arg-type]
+                   exclude=("node1",))  # type: ignore[arg-type]
+    assert "--exclude=node1" in job.sbatch_directives()
+
+
+def test_env_not_a_mapping_is_rejected() -> None:
+    with pytest.raises(InvalidValueError, match="env"):
+        SlurmJob(name="e", command="true", env=["A=1"])  # type: ignore[arg-type]

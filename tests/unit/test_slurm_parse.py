@@ -455,3 +455,38 @@ def test_truncated_real_output_never_raises(name: str) -> None:
     garbled = re.sub(r"$", "|extra", text, count=1, flags=re.MULTILINE)
     for fn in PARSERS:
         fn(garbled)  # type: ignore[operator]
+
+
+# sacct for a 3-element array whose element 2 failed (captured on the testbed; job 2140).
+ARRAY_SACCT = (
+    "2140_1|cpu|COMPLETED|0:0|00:00:02||node3|arr\n"
+    "2140_1.batch||COMPLETED|0:0|00:00:02||node3|batch\n"
+    "2140_1.extern||COMPLETED|0:0|00:00:02|1644K|node3|extern\n"
+    "2140_1.0||COMPLETED|0:0|00:00:02||node3|bash\n"
+    "2140_2|cpu|FAILED|1:0|00:00:04||node3|arr\n"
+    "2140_2.batch||FAILED|1:0|00:00:04||node3|batch\n"
+    "2140_2.extern||COMPLETED|0:0|00:00:04|1644K|node3|extern\n"
+    "2140_2.0||FAILED|1:0|00:00:04||node3|bash\n"
+    "2140_3|cpu|COMPLETED|0:0|00:00:06||node3|arr\n"
+    "2140_3.batch||COMPLETED|0:0|00:00:06|8928K|node3|batch\n"
+    "2140_3.extern||COMPLETED|0:0|00:00:06|1636K|node3|extern\n"
+    "2140_3.0||COMPLETED|0:0|00:00:06|7116K|node3|bash\n"
+)
+
+
+def test_array_main_is_the_failed_element_not_the_first() -> None:
+    result = JobInfoResult(parse.parse_sacct(ARRAY_SACCT), RunResult(0, ARRAY_SACCT, ""))
+    assert result.main is not None
+    assert (result.main.job_id, result.main.state) == ("2140_2", "FAILED")
+
+
+def test_array_main_prefers_an_unfinished_element() -> None:
+    text = ARRAY_SACCT.replace("2140_3|cpu|COMPLETED", "2140_3|cpu|RUNNING")
+    result = JobInfoResult(parse.parse_sacct(text), RunResult(0, text, ""))
+    assert result.main is not None and result.main.job_id == "2140_3"
+
+
+def test_array_all_completed_main_is_first() -> None:
+    text = ARRAY_SACCT.replace("FAILED|1:0", "COMPLETED|0:0")
+    result = JobInfoResult(parse.parse_sacct(text), RunResult(0, text, ""))
+    assert result.main is not None and result.main.job_id == "2140_1"

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -52,7 +53,7 @@ _SIMPLE_LIST = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
 _NODE_EXPR = re.compile(r"^[A-Za-z0-9_.\-\[\],]+$")
 _CONSTRAINT = re.compile(r"^[A-Za-z0-9_.\-&|,\[\]*:()!]+$")
 _MODULE = re.compile(r"^[A-Za-z0-9_.+/@:\-]+$")
-_MEM = re.compile(r"^\d+[KMGTkmgt]?$")
+_MEM = re.compile(r"^\d+(?:[KMGTkmgt][Bb]?)?$")  # sbatch takes 16G and 16GB alike
 _TIME = re.compile(
     r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(?::\d{1,2}){0,2}"
     r"|[Uu][Nn][Ll][Ii][Mm][Ii][Tt][Ee][Dd]|[Ii][Nn][Ff][Ii][Nn][Ii][Tt][Ee])$"
@@ -238,6 +239,14 @@ class SlurmJob:
         if not self.payload_extract_to:
             raise _bad("payload_extract_to", self.payload_extract_to, "must not be empty")
         self._check_ints()
+        for fname in (
+            "exclude", "extra_directives", "modules", "uv_groups", "setup_commands"
+        ):
+            # A bare string would be iterated character by character.
+            if isinstance(getattr(self, fname), (str, bytes)):
+                raise _bad(fname, getattr(self, fname), "must be a list of strings")
+        if not isinstance(self.env, Mapping):
+            raise _bad("env", self.env, "must be a dict of strings")
         for i, node in enumerate(self.exclude):
             _check_pattern(f"exclude[{i}]", node, _NODE_EXPR, "node name or hostlist")
         for i, directive in enumerate(self.extra_directives):

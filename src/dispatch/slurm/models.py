@@ -111,11 +111,20 @@ class JobInfoResult:
 
     @property
     def main(self) -> JobInfo | None:
-        """Get the main job entry (without step suffix)."""
-        for step in self.steps:
-            if "." not in step.job_id:
-                return step
-        return None
+        """Get the main job entry (without step suffix).
+
+        For a job array (one such row per element, ``123_1``, ``123_2``...) this is the
+        element that sums up the array: the first one still unfinished, else the first
+        one that did not complete, else the first.
+        """
+        rows = [step for step in self.steps if "." not in step.job_id]
+        if len(rows) <= 1:
+            return rows[0] if rows else None
+        return (
+            next((r for r in rows if not states.is_terminal(r.state)), None)
+            or next((r for r in rows if not states.is_success(r.state)), None)
+            or rows[0]
+        )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import logging
 import weakref
 from dataclasses import dataclass, field
 
+from ..errors import InvalidValueError
 from ..results import RunResult
 from ..ssh.pool import current_pool
 from .models import JobInfo, JobInfoResult, JobStatus, StatusResult
@@ -38,6 +39,12 @@ FIRST_POLL_SECONDS = 1.0
 SETTLE_SECONDS = 30.0
 #: Re-ask sacct this often while it catches up (or the poll interval if smaller).
 SETTLE_POLL_SECONDS = 1.0
+#: For a job id squeue never listed (and sacct does not know), the final answer comes
+#: after this many seconds instead of SETTLE_SECONDS: it was never submitted (or is long
+#: gone from both squeue and accounting).
+UNKNOWN_JOB_SECONDS = 5.0
+#: poll_interval values below this are raised to it (so a tiny interval cannot spin).
+MIN_POLL_SECONDS = 0.2
 #: SSH timeout of each squeue / sacct call the poller makes.
 POLL_CALL_TIMEOUT = 60.0
 #: Registrations arriving within this window share the first poll.
@@ -87,6 +94,7 @@ class _Poller:
         self.waiters: dict[int, set[_Waiter]] = {}
         self.last_status: dict[int, tuple[JobStatus | None, RunResult]] = {}
         self.settling: dict[int, float] = {}
+        self.seen: set[int] = set()  # job ids squeue listed at least once
         self.urgent = False
         self.wake = asyncio.Event()
         self.last_poll = float("-inf")
@@ -114,6 +122,7 @@ class _Poller:
                 del self.waiters[waiter.job_id]
                 self.settling.pop(waiter.job_id, None)
                 self.last_status.pop(waiter.job_id, None)
+                self.seen.discard(waiter.job_id)
         if not waiter.future.done():
             waiter.future.cancel()
         self.wake.set()
@@ -222,6 +231,8 @@ class _Poller:
                 continue
             job = by_id.get(job_id)
             self.last_status[job_id] = (job, result)
+            if job is not None:
+                self.seen.add(job_id)
             if job is not None and is_running(job.state):
                 host = first_node_from_nodelist(job.nodelist)
                 self._resolve(job_id, running=True, value=(host, StatusResult(job, result)))
@@ -229,7 +240,8 @@ class _Poller:
                 # Never seen running (or already over): there is no node to go to.
                 self._resolve(job_id, running=True, value=(None, StatusResult(job, result)))
                 if self._wants(job_id, running=False):
-                    self.settling[job_id] = now + SETTLE_SECONDS
+                    grace = SETTLE_SECONDS if job_id in self.seen else UNKNOWN_JOB_SECONDS
+                    self.settling[job_id] = now + grace
 
     def _fallback_info(self, job_id: int, steps: list[JobInfo], result: RunResult) -> JobInfoResult:
         """sacct never recorded a final state: use what squeue last said, if it was final."""
@@ -240,7 +252,16 @@ class _Poller:
             )
             return JobInfoResult([info_from_status(job)], sq_result)
         log.warning("sacct has no final state for job %s on %s", job_id, self.host)
-        return JobInfoResult(steps, result)
+        if steps or not result.ok:
+            return JobInfoResult(steps, result)
+        if job_id in self.seen:
+            why = "it left squeue but sacct has no record of it (is accounting enabled?)"
+        else:
+            why = "neither squeue nor sacct knows it (wrong job id, or long gone)"
+        stderr = f"dispatch: no final state for job {job_id} on {self.host}: {why}\n"
+        return JobInfoResult(
+            [], RunResult(result.returncode, result.stdout, result.stderr + stderr)
+        )
 
 
 def info_from_status(job: JobStatus) -> JobInfo:
@@ -268,11 +289,22 @@ def _poller(host: str) -> _Poller:
 
 
 def _check_interval(poll_interval: float) -> float:
-    if isinstance(poll_interval, bool) or not poll_interval > 0:
-        from ..errors import InvalidValueError
-
+    """A usable poll interval: > 0 (raised to MIN_POLL_SECONDS), else InvalidValueError."""
+    if (
+        isinstance(poll_interval, bool)
+        or not isinstance(poll_interval, (int, float))
+        or not poll_interval > 0
+    ):
         raise InvalidValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
-    return float(poll_interval)
+    return max(float(poll_interval), MIN_POLL_SECONDS)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """None or a number >= 0 (0: do not wait, answer "timed out" at once)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise InvalidValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
 
 
 async def _await_waiter(
@@ -281,6 +313,7 @@ async def _await_waiter(
     """Register a waiter; return (its value or None on timeout, the last squeue row seen)."""
     check_job_id(job_id)
     interval = _check_interval(poll_interval)
+    _check_timeout(timeout)
     poller = _poller(host)
     waiter = _Waiter(job_id, interval, want_running, asyncio.get_running_loop().create_future())
     poller.add(waiter)
@@ -307,11 +340,17 @@ async def wait(
     state seen with ``ssh_result.returncode`` -1 and a "timed out" message in
     ``ssh_result.stderr``.
 
+    A job id that squeue never listed and sacct does not know (a wrong id, or one long
+    gone) is answered after ``UNKNOWN_JOB_SECONDS`` with no steps and a stderr saying so;
+    a job array's base id waits for every element (see `JobInfoResult.main`).
+
     Args:
         job_id: SLURM job id.
         host: SSH host alias with SLURM access.
-        poll_interval: Seconds between status checks.
-        timeout: Total seconds to wait (None: wait forever).
+        poll_interval: Seconds between status checks (> 0; values below
+            ``MIN_POLL_SECONDS`` are raised to it).
+        timeout: Total seconds to wait (None: wait forever; 0: answer "timed out" at
+            once; negative: InvalidValueError).
 
     Returns:
         `JobInfoResult` with the job's final state.
@@ -334,8 +373,8 @@ async def wait_until_running(
     Args:
         job_id: SLURM job id.
         host: SSH host alias with SLURM access.
-        poll_interval: Seconds between status checks.
-        timeout: Total seconds to wait (None: wait forever).
+        poll_interval: Seconds between status checks (as for `wait`).
+        timeout: Total seconds to wait (as for `wait`).
 
     Returns:
         ``(first node or None, last StatusResult)``.

@@ -51,6 +51,8 @@ SACCT_SETTLE_SECONDS = 20.0
 
 # squeue's answer for a job id it no longer knows (MinJobAge passed).
 _UNKNOWN_JOB = re.compile(r"Invalid job id specified", re.IGNORECASE)
+# squeue's complaint (with exit status 0) about a --user it does not know.
+_INVALID_USER = re.compile(r"error: Invalid user", re.IGNORECASE)
 # Node, partition and user names: what SLURM itself allows (no spaces, no shell metachars).
 # sacct's complaints when slurmdbd is down or unreachable.
 _DBD_DOWN = re.compile(
@@ -263,6 +265,9 @@ async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobI
 async def queue(host: str, user: str | None = None, timeout: float | None = None) -> QueueResult:
     """List jobs in the SLURM queue.
 
+    A ``user`` SLURM does not know gives no jobs and ``ssh_result.returncode`` 1 with
+    squeue's "Invalid user" message (squeue itself exits 0 then).
+
     Args:
         host: SSH host alias with SLURM access.
         user: Only this user's jobs (default: all users).
@@ -275,6 +280,9 @@ async def queue(host: str, user: str | None = None, timeout: float | None = None
     if user is not None:
         args.append(f"--user={check_name('user', user)}")
     result = await query(_argv("squeue", args), host, timeout)
+    if result.ok and _INVALID_USER.search(result.stderr):
+        # squeue exits 0 for a user it does not know; say it failed (stderr names the user).
+        result = RunResult(1, result.stdout, result.stderr, may_have_run=result.may_have_run)
     jobs = parse.parse_squeue(result.stdout) if result.ok else []
     return QueueResult(jobs, result)
 
