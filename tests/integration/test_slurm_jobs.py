@@ -513,6 +513,19 @@ async def test_failed_submit_leaves_no_files(testbed: Testbed, remote_dir: str) 
     assert ls.stdout.strip() == ""
 
 
+async def test_unreachable_host_is_a_result_not_an_exception(
+    testbed: Testbed, git_repo: Path
+) -> None:
+    """Like every remote failure: job_id=None and ssh's 255 message naming the host."""
+    bad = f"{testbed.slurm}:1"  # the testbed config maps every name to loopback: refused
+    job = SlurmJob(name="nowhere", command="true")
+    for result in (await submit(job, bad),
+                   await submit_packed(job, bad, repo_path=str(git_repo))):
+        assert result.job_id is None and not result.ok
+        assert result.ssh_result.returncode == 255
+        assert "port 1: Connection refused" in result.ssh_result.stderr, result
+
+
 async def test_too_large_script_raises_before_upload(testbed: Testbed, remote_dir: str) -> None:
     name = f"huge{uuid.uuid4().hex[:6]}"
     job = _job(testbed, remote_dir, name, "true").pack(os.urandom(5 * 1024 * 1024))

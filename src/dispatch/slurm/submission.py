@@ -106,37 +106,42 @@ def _check_dir(kind: str, path: str | None) -> str | None:
     return path.rstrip("/") or "/"
 
 
+class _ProbeFailed(SubmitError):
+    """The host could not tell us who we are there (unreachable, auth, no $HOME)."""
+
+    def __init__(self, message: str, result: RunResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+async def _identity(host: str, timeout: float | None) -> tuple[str, str]:
+    """The remote home directory and user name (uid when the name is unusual in a path):
+    one round trip per host alias, then cached."""
+    if host in _homes and host in _users:
+        return _homes[host], _users[host]
+    result = await run('printf "%s\\n" "$HOME"; id -un; id -u', host, timeout=timeout,
+                       login_shell=False, retries=1)
+    lines = result.stdout.splitlines()
+    if not result.ok or len(lines) != 3 or not lines[0].startswith("/") \
+            or not lines[2].isdigit():
+        reason = result.stderr.strip() or result.stdout.strip() or "no answer"
+        # ssh's own message says it best when the host was not reached at all
+        msg = reason if result.returncode == 255 else (
+            f"dispatch: cannot read $HOME and the user name on {host}: {reason}")
+        raise _ProbeFailed(msg, RunResult(result.returncode or 1, result.stdout, msg + "\n"))
+    _homes[host] = lines[0]
+    _users[host] = lines[1] if _USER.match(lines[1]) else lines[2]
+    return _homes[host], _users[host]
+
+
 async def remote_home(host: str, timeout: float | None = None) -> str:
     """The remote user's home directory (cached per host alias)."""
-    home = _homes.get(host)
-    if home is not None:
-        return home
-    result = await run('printf "%s" "$HOME"', host, timeout=timeout, login_shell=False, retries=1)
-    home = result.stdout.strip()
-    if not result.ok or not home.startswith("/"):
-        raise SubmitError(
-            f"cannot find the home directory on {host!r}: "
-            f"{result.stderr.strip() or result.stdout.strip() or 'empty $HOME'}"
-        )
-    _homes[host] = home
-    return home
+    return (await _identity(host, timeout))[0]
 
 
 async def remote_user(host: str, timeout: float | None = None) -> str:
     """The remote user's name (or uid when the name is unusual in a path), cached per host."""
-    user = _users.get(host)
-    if user is not None:
-        return user
-    result = await run('id -un; id -u', host, timeout=timeout, login_shell=False, retries=1)
-    lines = result.stdout.split()
-    if not result.ok or len(lines) != 2 or not lines[1].isdigit():
-        raise SubmitError(
-            f"cannot find the remote user on {host!r}: "
-            f"{result.stderr.strip() or result.stdout.strip() or 'no answer from id'}"
-        )
-    user = lines[0] if _USER.match(lines[0]) else lines[1]
-    _users[host] = user
-    return user
+    return (await _identity(host, timeout))[1]
 
 
 async def _private_base(
@@ -485,7 +490,10 @@ async def submit(
         SubmitError: The script with the embedded bootstrap would exceed the script size
             limit (raised before anything is uploaded).
     """
-    return await _submit(job, host, share_dir, script_path, timeout, sbcast=sbcast)
+    try:
+        return await _submit(job, host, share_dir, script_path, timeout, sbcast=sbcast)
+    except _ProbeFailed as exc:  # unreachable host: a result, like every remote failure
+        return SlurmResult(None, exc.result)
 
 
 async def _snapshot(repo_path: str | None, dirty: bool) -> bytes:
@@ -577,6 +585,16 @@ async def submit_packed(
     """
     share_dir = _check_dir("share_dir", share_dir)
     tarball = await _snapshot(repo_path, dirty)
+    try:
+        return await _submit_tarball(job, host, tarball, share_dir, script_path, timeout, sbcast)
+    except _ProbeFailed as exc:  # unreachable host: a result, like every remote failure
+        return SlurmResult(None, exc.result)
+
+
+async def _submit_tarball(
+    job: SlurmJob, host: str, tarball: bytes, share_dir: str | None,
+    script_path: str | None, timeout: float | None, sbcast: bool,
+) -> SlurmResult:
     if share_dir is None:
         # Fail fast on size, before anything is uploaded.
         _check_size("embedded payload (base64)", (len(tarball) + 2) // 3 * 4)
