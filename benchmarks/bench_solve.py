@@ -15,9 +15,9 @@ import statistics
 import time
 
 import dispatch.aio as dx
-from dispatch.config import ClusterConfig, DispatchConfig, PlainHostConfig
-from dispatch.hardware import HardwareRequest
-from dispatch.solve import SshAvailability, solve_or_raise
+from dispatch.placement.config import ClusterConfig, DispatchConfig, PlainHostConfig
+from dispatch.placement.hardware import HardwareRequest
+from dispatch.placement.solve import SshAvailability, solve_or_raise
 
 
 async def main() -> None:

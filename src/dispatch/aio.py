@@ -15,24 +15,25 @@ caller's event loop (the blocking API in `dispatch` keeps its own pool).
 
 from __future__ import annotations
 
-# Each module lists its public names in ``__all__``; this module is their union.
-from . import config as _config
 from . import errors as _errors
-from . import hardware as _hardware
-from . import repl as _repl
 from . import results as _results
 from . import shipping as _shipping
 from . import slurm as _slurm
-from . import solve as _solve
 from . import ssh as _ssh
-from .config import *  # noqa: F403
 from .errors import *  # noqa: F403
-from .hardware import *  # noqa: F403
-from .repl import *  # noqa: F403
+from .jupyter import api as _repl
+from .jupyter.api import *  # noqa: F403
+
+# Each module lists its public names in ``__all__``; this module is their union.
+from .placement import config as _config
+from .placement import hardware as _hardware
+from .placement import solve as _solve
+from .placement.config import *  # noqa: F403
+from .placement.hardware import *  # noqa: F403
+from .placement.solve import *  # noqa: F403
 from .results import *  # noqa: F403
 from .shipping import *  # noqa: F403
 from .slurm import *  # noqa: F403
-from .solve import *  # noqa: F403
 from .ssh import *  # noqa: F403
 
 __all__ = [

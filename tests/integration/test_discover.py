@@ -7,8 +7,12 @@ import logging
 
 import pytest
 
-from dispatch.config import PartitionConfig, discover_plain_host, discover_slurm_partitions
 from dispatch.errors import DispatchError
+from dispatch.placement.config import (
+    PartitionConfig,
+    discover_plain_host,
+    discover_slurm_partitions,
+)
 from dispatch.ssh.commands import run
 
 from ..conftest import Testbed

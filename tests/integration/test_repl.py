@@ -22,9 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.config import ClusterConfig, DispatchConfig, PlainHostConfig, SlurmHostConfig
-from dispatch.hardware import HardwareRequest, JobSpec
-from dispatch.repl import ReplResult, dispatch_repl, end_repl
+from dispatch.jupyter.api import ReplResult, dispatch_repl, end_repl
+from dispatch.placement.config import (
+    ClusterConfig,
+    DispatchConfig,
+    PlainHostConfig,
+    SlurmHostConfig,
+)
+from dispatch.placement.hardware import HardwareRequest, JobSpec
 from dispatch.slurm.job import SlurmJob
 from dispatch.slurm.query import cancel, status
 from dispatch.slurm.submission import submit
@@ -436,7 +441,7 @@ async def test_plain_repl_detached_tunnel_ended_from_another_process(
     script = (
         "import json, sys\n"
         "from dispatch._blocking import run_blocking\n"
-        "from dispatch.repl import ReplResult, end_repl\n"
+        "from dispatch.jupyter.api import ReplResult, end_repl\n"
         "r = run_blocking(end_repl(ReplResult(**json.loads(sys.argv[1]))))\n"
         "print(r.returncode, r.stderr)\n"
         "sys.exit(r.returncode)\n"

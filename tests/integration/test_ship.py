@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from dispatch.errors import ShipError
-from dispatch.shipping import _ship_bytes, ship, ship_dirty, ship_files
+from dispatch.shipping import ship, ship_dirty, ship_files
+from dispatch.shipping.remote import _ship_bytes
 from dispatch.ssh.commands import run
 
 from ..conftest import Testbed

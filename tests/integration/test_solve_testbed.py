@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.config import (
+from dispatch.errors import SolveError
+from dispatch.placement.config import (
     ClusterConfig,
     DispatchConfig,
     PlainHostConfig,
     load_dispatch_config,
 )
-from dispatch.errors import SolveError
-from dispatch.hardware import HardwareRequest
-from dispatch.solve import SshAvailability, solve_or_raise
+from dispatch.placement.hardware import HardwareRequest
+from dispatch.placement.solve import SshAvailability, solve_or_raise
 
 from ..conftest import Testbed
 from . import fake_nvidia_smi
@@ -95,7 +95,7 @@ async def test_unreachable_hosts_are_skipped_with_reason(testbed: Testbed,
     import time
 
     from dispatch.aio import Pool
-    from dispatch.config import PartitionConfig, SlurmHostConfig
+    from dispatch.placement.config import PartitionConfig, SlurmHostConfig
 
     await fake_nvidia_smi.install(testbed.plain)
     with socket.socket() as s:  # a port nothing listens on

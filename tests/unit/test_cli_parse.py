@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatch._cli.progress import ProgressBar, Spinner
-from dispatch._cli.render import (
+from dispatch.cli.main import main, parse_args
+from dispatch.cli.progress import ProgressBar, Spinner
+from dispatch.cli.render import (
     RemoteSpec,
     format_bytes,
     format_table,
@@ -20,7 +21,6 @@ from dispatch._cli.render import (
     to_json,
     to_jsonable,
 )
-from dispatch.cli import main, parse_args
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ def test_run_without_host_names_only_host(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_multiline_error_messages_become_one_line() -> None:
-    from dispatch.cli import _one_line
+    from dispatch.cli.main import _one_line
 
     text = "cannot place 4x h100; every host was rejected:\n  a: no\n  b: busy\n"
     assert _one_line(text) == "cannot place 4x h100; every host was rejected: a: no; b: busy"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from dispatch.config import (
+from dispatch.errors import ConfigError, InvalidValueError
+from dispatch.placement.config import (
     ClusterConfig,
     DispatchConfig,
     PartitionConfig,
@@ -18,8 +19,7 @@ from dispatch.config import (
     load_dispatch_config,
     parse_dispatch_config,
 )
-from dispatch.errors import ConfigError, InvalidValueError
-from dispatch.hardware import SUPPORTED_CHIPS
+from dispatch.placement.hardware import SUPPORTED_CHIPS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

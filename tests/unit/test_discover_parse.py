@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatch.config import PartitionConfig
-from dispatch.discover import parse_sinfo_gres, parse_sinfo_gres_counts, parse_sinfo_partitions
+from dispatch.placement.config import PartitionConfig
+from dispatch.placement.probe import (
+    parse_sinfo_gres,
+    parse_sinfo_gres_counts,
+    parse_sinfo_partitions,
+)
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "sinfo-partitions"
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from dispatch.errors import InvalidValueError
-from dispatch.hardware import (
+from dispatch.placement.hardware import (
     SUPPORTED_CHIPS,
     Chip,
     Cluster,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.gpu import (
+from dispatch.placement.nvidia_smi import (
     chip_for_gpu,
     count_chips,
     free_gpu_count,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.repl_parse import (
+from dispatch.jupyter.parse import (
     jupyter_failure,
     log_tail,
     parse_getent_hosts,

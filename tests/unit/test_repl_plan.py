@@ -1,4 +1,4 @@
-"""Pure parts of dispatch.repl: work dirs, launch/stop scripts, picking the server PID, and
+"""Pure parts of dispatch.jupyter.api: work dirs, launch/stop scripts, picking the server PID, and
 the Ctrl-C path of a SLURM submission."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from dispatch import repl
 from dispatch.errors import InvalidValueError
-from dispatch.hardware import Cluster, JobSpec
+from dispatch.jupyter import api as repl
+from dispatch.placement.hardware import Cluster, JobSpec
 from dispatch.results import RunResult
 from dispatch.slurm.models import SlurmResult
 
@@ -123,8 +123,8 @@ async def test_interrupted_submission_cancels_its_job(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("port", [0, 70000, "8888", True])
 async def test_bad_local_port_raises(port: object) -> None:
-    from dispatch.config import ClusterConfig, DispatchConfig, PlainHostConfig
-    from dispatch.hardware import HardwareRequest
+    from dispatch.placement.config import ClusterConfig, DispatchConfig, PlainHostConfig
+    from dispatch.placement.hardware import HardwareRequest
 
     cfg = DispatchConfig(clusters={"c": ClusterConfig(root="/r", work="/w")},
                          hosts={"h": PlainHostConfig(ssh="h", cluster="c")})
@@ -136,8 +136,8 @@ async def test_local_port_in_use_fails_before_any_remote_work(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from dispatch.config import ClusterConfig, DispatchConfig, PlainHostConfig
-    from dispatch.hardware import HardwareRequest
+    from dispatch.placement.config import ClusterConfig, DispatchConfig, PlainHostConfig
+    from dispatch.placement.hardware import HardwareRequest
 
     calls: list[str] = []
 
@@ -162,7 +162,7 @@ def test_port_in_time_wait_counts_as_free() -> None:
     """Re-running a session on the same local port right after ending one must work."""
     import socket
 
-    from dispatch.repl import _local_port_free
+    from dispatch.jupyter.api import _local_port_free
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch.errors import InvalidValueError
-from dispatch.hardware import JuiceFSMount
+from dispatch.placement.hardware import JuiceFSMount
 from dispatch.slurm.job import (
     SLURM_MAX_SCRIPT_BYTES,
     SlurmJob,

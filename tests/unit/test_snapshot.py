@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from dispatch.errors import ShipError
-from dispatch.shipping import extract_script, pack_files, snapshot, snapshot_dirty
+from dispatch.shipping import pack_files, snapshot, snapshot_dirty
+from dispatch.shipping.remote import extract_script
 
 
 def git(repo: Path, *args: str) -> str:
@@ -116,7 +117,7 @@ def test_snapshot_dirty_skips_an_untracked_file_that_vanishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An editor's temp file can disappear between listing and packing: skip it."""
-    import dispatch.shipping as shipping
+    import dispatch.shipping.tarball as shipping
 
     repo = make_repo(tmp_path / "r")
     (repo / "kept.txt").write_text("k\n")

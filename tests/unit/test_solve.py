@@ -7,16 +7,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dispatch.config import (
+from dispatch.errors import DispatchError, SolveError
+from dispatch.placement.config import (
     ClusterConfig,
     DispatchConfig,
     PartitionConfig,
     PlainHostConfig,
     SlurmHostConfig,
 )
-from dispatch.errors import DispatchError, SolveError
-from dispatch.hardware import HardwareRequest
-from dispatch.solve import SolveResult, solve, solve_or_raise
+from dispatch.placement.hardware import HardwareRequest
+from dispatch.placement.solve import SolveResult, solve, solve_or_raise
 
 
 @dataclass

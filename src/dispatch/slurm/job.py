@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..errors import InvalidValueError
-from ..hardware import JuiceFSMount
+from ..placement.hardware import JuiceFSMount
 
 __all__ = [
     "SlurmJob",

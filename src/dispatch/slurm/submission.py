@@ -497,7 +497,7 @@ async def submit(
 
 
 async def _snapshot(repo_path: str | None, dirty: bool) -> bytes:
-    """The repo as tar.gz (`dispatch.shipping.snapshot` / ``snapshot_dirty``), off-loop."""
+    """The repo as tar.gz (``snapshot`` / ``snapshot_dirty``), off-loop."""
     if dirty:
         return await asyncio.to_thread(ship.snapshot_dirty, repo_path)
     return await asyncio.to_thread(ship.snapshot, repo_path)

@@ -28,8 +28,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidValueError, ShipError
-from .ssh.transfer import write_file
+from ..errors import InvalidValueError, ShipError
+from ..ssh.transfer import write_file
 
 __all__ = ["FileSync", "SyncStats", "tracked_files"]
 

@@ -10,7 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from .errors import InvalidValueError
+from ..errors import InvalidValueError
 
 __all__ = [
     "Chip",

@@ -33,21 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import repl_parse as rp
-from .config import DispatchConfig, PlainHostConfig, RemoteInventory, SlurmHostConfig
-from .errors import InvalidValueError
-from .hardware import Cluster, HardwareRequest, JobSpec, JuiceFSMount
-from .results import RunResult, TunnelResult
-from .shipping import ship, ship_dirty
-from .slurm.job import SlurmJob, shell_path
-from .slurm.models import SlurmResult
-from .slurm.poller import wait_until_running
-from .slurm.query import cancel
-from .slurm.submission import submit_packed
-from .solve import solve_or_raise
-from .ssh.commands import run
-from .ssh.transfer import write_file
-from .ssh.tunnel import close_tunnel, forward_port
+from ..errors import InvalidValueError
+from ..placement.config import DispatchConfig, PlainHostConfig, RemoteInventory, SlurmHostConfig
+from ..placement.hardware import Cluster, HardwareRequest, JobSpec, JuiceFSMount
+from ..placement.solve import solve_or_raise
+from ..results import RunResult, TunnelResult
+from ..shipping import ship, ship_dirty
+from ..slurm.job import SlurmJob, shell_path
+from ..slurm.models import SlurmResult
+from ..slurm.poller import wait_until_running
+from ..slurm.query import cancel
+from ..slurm.submission import submit_packed
+from ..ssh.commands import run
+from ..ssh.transfer import write_file
+from ..ssh.tunnel import close_tunnel, forward_port
+from . import parse as rp
 from .sync import FileSync
 
 __all__ = ["ReplResult", "dispatch_repl", "end_repl"]

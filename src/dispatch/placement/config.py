@@ -19,9 +19,9 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .discover import discover_plain_host, discover_slurm_partitions
-from .errors import ConfigError, InvalidValueError
+from ..errors import ConfigError, InvalidValueError
 from .hardware import SUPPORTED_CHIPS, Chip, Cluster, ClusterMachine, get_chip
+from .probe import discover_plain_host, discover_slurm_partitions
 
 __all__ = [
     "ClusterConfig",

@@ -38,10 +38,10 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..errors import DispatchError, SolveError
 from .config import DispatchConfig, PlainHostConfig, RemoteInventory, SlurmHostConfig
-from .errors import DispatchError, SolveError
-from .gpu import COMPUTE_APPS_QUERY, GPU_INVENTORY_QUERY, free_gpus_by_chip
 from .hardware import SUPPORTED_CHIPS, Chip, HardwareRequest, HardwareResult
+from .nvidia_smi import COMPUTE_APPS_QUERY, GPU_INVENTORY_QUERY, free_gpus_by_chip
 
 __all__ = ["SolveResult", "solve_or_raise"]
 
@@ -106,7 +106,7 @@ class SshAvailability:
         return " ".join([qexe, *(shlex.quote(a) for a in args)])
 
     async def plain_free_gpus(self, ssh: str, seconds: float) -> dict[str, int]:
-        from .ssh.commands import run
+        from ..ssh.commands import run
 
         # Both queries in one round trip, separated by a marker line.
         cmd = (f"{self._smi(GPU_INVENTORY_QUERY)} && echo {_MARK} && "
@@ -124,8 +124,8 @@ class SshAvailability:
             raise DispatchError(f"cannot parse nvidia-smi output: {exc}") from exc
 
     async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
-        from .discover import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres_counts
-        from .ssh.commands import run
+        from ..ssh.commands import run
+        from .probe import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres_counts
 
         result = await run(SINFO_PARTITION_GRES_ARGS, ssh, timeout=seconds, retries=1)
         if not result.ok:
@@ -135,7 +135,7 @@ class SshAvailability:
 
     async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
                               seconds: float) -> list[tuple[str, int]]:
-        from .slurm.query import available_gpus
+        from ..slurm.query import available_gpus
 
         return await available_gpus(partition, ssh, gres_type or None, timeout=seconds)
 

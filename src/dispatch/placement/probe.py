@@ -11,12 +11,12 @@ import logging
 import shlex
 from typing import TYPE_CHECKING
 
-from .errors import DispatchError
-from .gpu import GPU_NAME_QUERY, count_chips
+from ..errors import DispatchError
+from .nvidia_smi import GPU_NAME_QUERY, count_chips
 
 if TYPE_CHECKING:
+    from ..results import RunResult
     from .config import PartitionConfig
-    from .results import RunResult
 
 __all__ = [
     "discover_plain_host",
@@ -35,7 +35,7 @@ SINFO_PARTITION_GRES_ARGS = ["sinfo", "--noheader", "--format=%P|%G"]
 
 async def _run(cmd: str | list[str], host: str, timeout: float | None) -> RunResult:
     # Read-only queries: one retry when the connection broke is safe.
-    from .ssh.commands import run
+    from ..ssh.commands import run
 
     return await run(cmd, host, timeout=timeout, retries=1)
 

@@ -24,8 +24,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from ._cli.progress import ProgressBar, Spinner
-from ._cli.render import (
+from .progress import ProgressBar, Spinner
+from .render import (
     format_table,
     parse_env,
     parse_remote,
@@ -904,7 +904,7 @@ def _one_line(text: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     """One line for an exception: dispatch's own messages as they are, others with the type."""
-    from .errors import DispatchError
+    from ..errors import DispatchError
 
     text = _one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, TimeoutError):

@@ -1,1 +1,0 @@
-"""Internals of the ``dispatch`` command line: pure renderers and terminal progress."""

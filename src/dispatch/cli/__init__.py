@@ -1,0 +1,1 @@
+"""The `dispatch` command line; `dispatch.cli.main:main` is the console script."""

@@ -1,0 +1,1 @@
+"""Remote Jupyter sessions: plan, scripts, parsing, plain and SLURM hosts, file sync."""

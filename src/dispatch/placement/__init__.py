@@ -1,0 +1,1 @@
+"""Placement: hardware types, the YAML inventory, nvidia-smi parsing, probes, the solver."""
