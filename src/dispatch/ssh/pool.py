@@ -43,6 +43,7 @@ from .config import (
     default_ssh_config,
     parse_host,
 )
+from .registry import Registry
 
 __all__ = ["Pool", "PoolStats", "current_pool", "ConnectError", "HostKeyConnectError"]
 
@@ -291,6 +292,8 @@ class Pool:
         self._tokens: list[contextvars.Token[Pool | None]] = []
         self._ident = 0
         self.tunnels: dict[int, Any] = {}  # local_port -> tunnel record (see tunnel.py)
+        # Per-pool state of the layers above (pollers, sessions...): see registry.py.
+        self.registry = Registry()
 
     # -- scope ----------------------------------------------------------------------------
 
@@ -412,6 +415,7 @@ class Pool:
         if self._pid != os.getpid():  # never touch a parent's sockets
             self._slots.clear()
             return
+        await self.registry.aclose()
         for rec in list(self.tunnels.values()):
             with contextlib.suppress(Exception):
                 rec.close()
