@@ -8,6 +8,7 @@ from __future__ import annotations
 from .commands import is_reachable, run, run_many
 from .config import hosts
 from .pool import ConnectError, HostKeyConnectError, Pool, PoolStats, current_pool
+from .registry import PoolKey as PoolKey  # for the layers above; not public API
 from .transfer import copy_from, copy_to, write_file
 from .tunnel import close_tunnel, forward_port
 
