@@ -1,6 +1,6 @@
 """Latency of each API call over a slow link vs loopback, beside OpenSSH on the same link.
 
-    python benchmarks/bench_latency.py [--repeat 5] [--json]
+    python benchmarks/bench_latency.py [--repeat 5] [--json] [--only REGEX]
 
 Needs the testbed (``scripts/testbed up``): ``plain``/``slurm`` are loopback,
 ``wan-plain``/``wan-slurm`` the same sshd through the testbed's delaying relay
@@ -10,7 +10,7 @@ time over loopback and over the slow link and the extra round trips the call cos
 OpenSSH: one ``ssh``/``scp`` process per call, and ``ssh``/``sftp -b`` over a
 ControlMaster. ``cold run`` uses a fresh ``Pool`` (and connection) per repetition; every
 other dispatch row runs on a warm pool. Progress goes to stderr; the markdown table (or
-JSON with ``--json``) to stdout.
+JSON with ``--json``) to stdout. ``--only submit`` runs only the rows whose name matches.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -27,9 +28,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+
+import asyncssh
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,9 +64,12 @@ NETS = {
 NODES = os.environ.get("DISPATCH_TESTBED_NODES", "node1 node2 node3 node4").split()[:4]
 GPU_PARTITION = os.environ.get("DISPATCH_TESTBED_GPU_PARTITION", "gpu")
 LOGIN_TRUE = 'exec "$SHELL" -l -c true'
-REMOTE_DIR = ".dispatch-bench-latency"
-METHODS = ("dispatch", "ssh", "ssh-cm")
-METHOD_TITLES = {"dispatch": "dispatch", "ssh": "`ssh` per call", "ssh-cm": "`ssh` ControlMaster"}
+REMOTE_DIR = f".dispatch-bench-latency-{os.getpid()}"  # per run: concurrent runs never clash
+SHARE = f"{REMOTE_DIR}/share"  # share_dir of "submit_packed (cached)" (relative: home)
+FANOUT = 50  # concurrent submits of the "submit x50" row
+METHODS = ("dispatch", "ssh", "ssh-cm", "asyncssh")
+METHOD_TITLES = {"dispatch": "dispatch", "ssh": "`ssh` per call", "ssh-cm": "`ssh` ControlMaster",
+                 "asyncssh": "raw asyncssh SFTP"}
 
 
 def log(msg: str) -> None:
@@ -193,6 +200,16 @@ def dispatch_calls(ctx: Ctx, plain: str, slurm: str) -> dict[str, Callable[[], A
         assert r.job_id is not None, r.ssh_result.stderr
         ctx.created.append(r.job_id)
 
+    async def packed_cached() -> None:
+        r = await dx.submit_packed(job(), slurm, repo_path=str(ctx.repo), share_dir=SHARE)
+        assert r.job_id is not None, r.ssh_result.stderr
+        ctx.created.append(r.job_id)
+
+    async def fanout() -> None:
+        rs = await asyncio.gather(*(dx.submit(job(), slurm) for _ in range(FANOUT)))
+        assert all(r.job_id is not None for r in rs), [r.ssh_result.stderr for r in rs]
+        ctx.created.extend(r.job_id for r in rs if r.job_id is not None)
+
     async def status() -> None:
         assert (await dx.status(ctx.held_job, slurm)).job is not None
 
@@ -218,9 +235,23 @@ def dispatch_calls(ctx: Ctx, plain: str, slurm: str) -> dict[str, Callable[[], A
         "copy_to 1 KiB": copy_to(ctx.small, "up-small"),
         "copy_to 10 MB": copy_to(ctx.big, "up-big"),
         "copy_from 1 KiB": copy_from("small"), "copy_from 10 MB": copy_from("big"),
-        "submit": submit, "submit_packed": submit_packed, "status": status, "queue": queue,
+        "submit": submit, "submit_packed": submit_packed,
+        "submit_packed (cached)": packed_cached, f"submit x{FANOUT}": fanout,
+        "status": status, "queue": queue,
         "job_info": job_info, "nodes_info (4 nodes)": nodes_info, "available_gpus": gpus,
         "wait (10 jobs)": wait10,
+    }
+
+
+def raw_asyncssh_calls(
+    ctx: Ctx, sftp: asyncssh.SFTPClient
+) -> dict[str, Callable[[], Awaitable[object]]]:
+    """The copy rows with plain asyncssh: one connection, one SFTP session, ``put``/``get``."""
+    return {
+        "copy_to 1 KiB": lambda: sftp.put(str(ctx.small), f"{REMOTE_DIR}/raw-up-small"),
+        "copy_to 10 MB": lambda: sftp.put(str(ctx.big), f"{REMOTE_DIR}/raw-up-big"),
+        "copy_from 1 KiB": lambda: sftp.get(f"{REMOTE_DIR}/small", str(ctx.tmp / "raw-small")),
+        "copy_from 10 MB": lambda: sftp.get(f"{REMOTE_DIR}/big", str(ctx.tmp / "raw-big")),
     }
 
 
@@ -232,6 +263,12 @@ def openssh_calls(ctx: Ctx, o: OpenSSH, plain: str, slurm: str) -> dict[str, Cal
         out = o.ssh(slurm, "sbatch --parsable", stdin=script)
         ctx.created.append(int(out.split(";")[0]))
 
+    def fanout() -> None:
+        # over the ControlMaster, 8 at a time: its sshd allows MaxSessions (10) per
+        # connection, and 50 fresh handshakes at once would trip MaxStartups
+        with ThreadPoolExecutor(max_workers=8) as threads:
+            list(threads.map(lambda _: sbatch(sbatch_script()), range(FANOUT)))
+
     return {
         "warm run": lambda: o.ssh(plain, LOGIN_TRUE),
         "is_reachable": lambda: o.ssh(plain, "true"),
@@ -241,6 +278,8 @@ def openssh_calls(ctx: Ctx, o: OpenSSH, plain: str, slurm: str) -> dict[str, Cal
         "copy_from 10 MB": lambda: o.get(plain, f"{REMOTE_DIR}/big", ctx.tmp / "ssh-big"),
         "submit": lambda: sbatch(sbatch_script()),
         "submit_packed": lambda: sbatch(ctx.packed_script),
+        "submit_packed (cached)": lambda: sbatch(sbatch_script()),
+        f"submit x{FANOUT}": fanout,
         "status": lambda: o.ssh(slurm, f"squeue -h -j {ctx.held_job}"),
         "queue": lambda: o.ssh(slurm, "squeue -h -u $USER"),
         "job_info": lambda: o.ssh(slurm, f"sacct -n -P -j {ctx.done_jobs[0]}"),
@@ -260,12 +299,14 @@ def make_repo(path: Path) -> None:
         subprocess.run(["git", "-C", str(path), *argv], check=True, env=env)
 
 
-async def setup(ctx: Ctx) -> None:
+async def setup(ctx: Ctx, slurm_rows: bool = True) -> None:
     plain, slurm = NETS["loopback"]
     assert (await dx.run(["mkdir", "-p", REMOTE_DIR], plain)).ok
     for src, name in ((ctx.small, "small"), (ctx.big, "big")):
         r = await dx.copy_to(src, plain, f"{REMOTE_DIR}/{name}")
         assert r.ok, r.stderr
+    if not slurm_rows:  # e.g. --only copy: no jobs to prepare
+        return
     r0 = await dx.submit(job(), slurm)
     assert r0.job_id is not None, r0.ssh_result.stderr
     ctx.held_job = r0.job_id
@@ -291,9 +332,12 @@ async def cleanup(ctx: Ctx) -> None:
 
 
 # --- the benchmark -----------------------------------------------------------------------
-async def bench(n: int) -> dict[str, dict[str, dict[str, float]]]:
-    """results[call][method][net] = median ms."""
+async def bench(n: int, only: str = "") -> dict[str, dict[str, dict[str, float]]]:
+    """results[call][method][net] = median ms (rows matching the regex ``only``)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def want(call: str) -> bool:
+        return re.search(only, call) is not None
 
     def put(call: str, method: str, net: str, ms: float) -> None:
         results.setdefault(call, {}).setdefault(method, {})[net] = ms
@@ -307,7 +351,9 @@ async def bench(n: int) -> dict[str, dict[str, dict[str, float]]]:
         make_repo(ctx.repo)
         try:
             async with dx.Pool():
-                await setup(ctx)
+                no_slurm = ("copy", "warm run", "is_reachable", "cold run")
+                await setup(ctx, any(want(c) and not c.startswith(no_slurm)
+                                     for c in dispatch_calls(ctx, *NETS["loopback"])))
             for net, (plain, slurm) in NETS.items():
                 log(f"{net}: {plain}, {slurm}")
 
@@ -315,21 +361,34 @@ async def bench(n: int) -> dict[str, dict[str, dict[str, float]]]:
                     async with dx.Pool():
                         assert (await dx.run("true", host)).ok
 
-                put("cold run", "dispatch", net, await amedian(cold, n))
+                if want("cold run"):
+                    put("cold run", "dispatch", net, await amedian(cold, n))
                 async with dx.Pool():
                     assert (await dx.run("true", plain)).ok and (await dx.run("true", slurm)).ok
                     for call, fn in dispatch_calls(ctx, plain, slurm).items():
+                        if not want(call):
+                            continue
                         await fn()  # warm-up (and first-use caches)
                         put(call, "dispatch", net, await amedian(fn, n))
+                raw = raw_asyncssh_calls(ctx, None)  # type: ignore[arg-type]  # names only
+                if any(want(call) for call in raw):
+                    async with asyncssh.connect(plain, config=[CONFIG]) as conn, \
+                            conn.start_sftp_client() as sftp:
+                        for call, rfn in raw_asyncssh_calls(ctx, sftp).items():
+                            if want(call):
+                                await rfn()  # warm-up
+                                put(call, "asyncssh", net, await amedian(rfn, n))
                 for method in ("ssh", "ssh-cm"):
                     o = OpenSSH(tmp, master=method == "ssh-cm")
-                    if method == "ssh":
+                    if method == "ssh" and want("cold run"):
                         # one process per call is always cold: same as its warm run
                         put("cold run", method, net, median(partial(o.ssh, plain, LOGIN_TRUE), n))
                     try:
                         o.start(plain)
                         o.start(slurm)
                         for call, sfn in openssh_calls(ctx, o, plain, slurm).items():
+                            if not want(call) or (call == f"submit x{FANOUT}" and not o.master):
+                                continue
                             sfn()
                             put(call, method, net, median(sfn, n))
                     finally:
@@ -362,10 +421,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="repetitions per call (median)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--only", default="", metavar="REGEX",
+                    help="run only the rows whose call name matches (e.g. submit)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error(f"--repeat {args.repeat}: must be >= 1")
-    results = asyncio.run(bench(args.repeat))
+    try:
+        re.compile(args.only)
+    except re.error as exc:
+        ap.error(f"--only {args.only!r}: {exc}")
+    results = asyncio.run(bench(args.repeat, args.only))
     if args.json:
         print(json.dumps({"rtt_ms": RTT_MS, "repeat": args.repeat, "results": results},
                          indent=2))

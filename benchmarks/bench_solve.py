@@ -15,9 +15,14 @@ import statistics
 import time
 
 import dispatch.aio as dx
-from dispatch.placement.config import ClusterConfig, DispatchConfig, PlainHostConfig
-from dispatch.placement.hardware import HardwareRequest
-from dispatch.placement.solve import SshAvailability, solve_or_raise
+from dispatch.placement import (
+    ClusterConfig,
+    DispatchConfig,
+    HardwareRequest,
+    PlainHostConfig,
+    SshAvailability,
+    solve_or_raise,
+)
 
 
 async def main() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import dispatch
 import dispatch.aio as dx
 from dispatch._blocking import run_blocking
-from dispatch.ssh.pool import current_pool
+from dispatch.ssh import current_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_LIMIT_KIB = 10 * 1024

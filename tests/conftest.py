@@ -39,6 +39,19 @@ def _serialize_ast_parse() -> None:
 
 
 _serialize_ast_parse()
+
+
+def _interruptible_children() -> None:
+    """Let child processes get Ctrl-C: a shell that starts pytest in the background hands it
+    SIGINT ignored, and an ignored signal stays ignored across exec, so the tests that send
+    SIGINT to a child would wait forever. A handled signal is reset to default at exec."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_interruptible_children()
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
@@ -214,3 +227,14 @@ def slurm_ready(testbed: Testbed) -> Testbed:
         if time.monotonic() >= deadline:
             _unavailable(f"SLURM is not ready: {why}")
         time.sleep(0.5)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures tests recorded (tests/support/report.py), once, at the end."""
+    from .support import report
+
+    figures = report.lines()
+    if figures:
+        terminalreporter.section("measured figures")
+        for line in figures:
+            terminalreporter.write_line(line)

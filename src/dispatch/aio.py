@@ -15,35 +15,31 @@ caller's event loop (the blocking API in `dispatch` keeps its own pool).
 
 from __future__ import annotations
 
+# Each package lists its public names in ``__all__``; this module is their union, and
+# `dispatch` makes its blocking twins from this list.
 from . import errors as _errors
+from . import placement as _placement
 from . import results as _results
 from . import shipping as _shipping
 from . import slurm as _slurm
 from . import ssh as _ssh
 from .errors import *  # noqa: F403
-from .jupyter import api as _repl
+from .jupyter import api as _jupyter
 from .jupyter.api import *  # noqa: F403
-
-# Each module lists its public names in ``__all__``; this module is their union.
-from .placement import config as _config
-from .placement import hardware as _hardware
-from .placement import solve as _solve
-from .placement.config import *  # noqa: F403
-from .placement.hardware import *  # noqa: F403
-from .placement.solve import *  # noqa: F403
+from .placement import *  # noqa: F403
 from .results import *  # noqa: F403
 from .shipping import *  # noqa: F403
 from .slurm import *  # noqa: F403
 from .ssh import *  # noqa: F403
 
-__all__ = [
-    *_results.__all__,
-    *_errors.__all__,
-    *_ssh.__all__,
-    *_slurm.__all__,
-    *_hardware.__all__,
-    *_config.__all__,
-    *_solve.__all__,
-    *_shipping.__all__,
-    *_repl.__all__,
-]
+__all__: list[str] = []
+__all__ += _results.__all__
+__all__ += _errors.__all__
+__all__ += _ssh.__all__
+__all__ += _slurm.__all__
+__all__ += _placement.__all__
+__all__ += _shipping.__all__
+__all__ += _jupyter.__all__
+
+#: Names that manage connections in the caller's own loop: no blocking twin.
+AIO_ONLY = frozenset({"Pool", "PoolStats", "current_pool"})

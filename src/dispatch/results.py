@@ -16,13 +16,15 @@ class RunResult:
     ``timeout`` expired (the remote process tree was killed). Output is decoded as UTF-8
     with replacement characters. When the connection broke after the command started,
     ``may_have_run`` is True (returncode 255): the command was *not* re-run, because it
-    may already have had its effect.
+    may already have had its effect. ``truncated`` is True when ``run(max_output=N)``
+    kept only the first N bytes of stdout or stderr.
     """
 
     returncode: int
     stdout: str
     stderr: str
     may_have_run: bool = field(default=False, kw_only=True)
+    truncated: bool = field(default=False, kw_only=True)  # run(max_output=N) dropped output
 
     @property
     def ok(self) -> bool:

@@ -22,11 +22,13 @@ def bad_host(testbed: Testbed) -> str:
     return f"{testbed.plain}:1"
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m dispatch.cli ARGS`` with the testbed's environment, stdout/err piped."""
     return subprocess.run(
         [sys.executable, "-m", "dispatch.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+        capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy(),
     )  # fmt: skip
 
 
@@ -57,6 +59,23 @@ def test_hosts_with_explicit_ssh_config(testbed: Testbed, tmp_path: Path) -> Non
     proc = cli("--ssh-config", str(config), "hosts")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["only-this-one"]
+
+
+def test_hosts_without_a_config_says_so(testbed: Testbed, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DISPATCH_SSH_CONFIG"}
+    env["HOME"] = str(tmp_path)  # no ~/.ssh/config
+    proc = cli("hosts", env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    line = assert_one_error_line(proc)
+    assert line.startswith(f"dispatch: error: no ssh config at {tmp_path}/.ssh/config")
+    data = json.loads(cli("--json", "hosts", env=env).stdout)
+    assert data["exit_code"] == 1 and data["error"] == line.removeprefix("dispatch: error: ")
+    # A config with only patterns: nothing to list, said on stderr, not an error.
+    config = tmp_path / "patterns"
+    config.write_text("Host *\n  User x\n")
+    proc = cli("--ssh-config", str(config), "hosts", env=env)
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == f"dispatch: {config} defines no host aliases (only patterns, or none)\n"
 
 
 def test_run_propagates_exit_code_and_streams(testbed: Testbed) -> None:
@@ -202,6 +221,17 @@ def test_slurm_command_on_bad_host_is_one_line(testbed: Testbed) -> None:
     assert line.startswith("dispatch: error: ") and bad_host(testbed) in line
 
 
+def test_json_errors_are_objects_on_stdout(testbed: Testbed) -> None:
+    proc = cli("--json", "queue", bad_host(testbed), timeout=90)
+    data = json.loads(proc.stdout)
+    assert data["exit_code"] == proc.returncode == 1
+    assert bad_host(testbed) in data["error"]
+    assert assert_one_error_line(proc) == f"dispatch: error: {data['error']}"
+    usage = cli("--json", "status", testbed.slurm, "abc")
+    assert usage.returncode == 2
+    assert json.loads(usage.stdout)["exit_code"] == 2
+
+
 def test_debug_shows_traceback(testbed: Testbed) -> None:
     proc = cli("--debug", "queue", bad_host(testbed), timeout=90)
     assert proc.returncode == 1
@@ -229,6 +259,50 @@ def test_submit_and_wait_completed(testbed: Testbed) -> None:
     assert proc.stdout.startswith("submitted job ") and "COMPLETED" in proc.stdout
 
 
+def test_submit_wait_json_has_the_job_report(testbed: Testbed) -> None:
+    proc = cli(
+        "--json", "submit", testbed.slurm, "--command", "true", "--time", "2:00",
+        "--wait", "--poll", "1", "--wait-timeout", "180", timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert isinstance(report["job_id"], int) and report["host"] == testbed.slurm
+    assert report["state"] == "COMPLETED"
+    assert report["steps"] and all(s["job_id"] == report["job_id"] for s in report["steps"])
+    assert str(report["job_id"]) in [s["step_id"] for s in report["steps"]]
+    waited = json.loads(cli("--json", "wait", testbed.slurm, str(report["job_id"])).stdout)
+    assert set(waited) == set(report) and waited["job_id"] == report["job_id"]
+
+
+def test_ctrl_c_during_submit_wait_says_the_job_keeps_running(testbed: Testbed) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "submit", testbed.slurm, "--command", "sleep 300",
+         "--time", "5:00", "--name", "cli-ctrl-c", "--wait", "--poll", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    job = None
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed (and flushed) before the wait starts
+        assert first.startswith("submitted job "), first + proc.communicate()[1]
+        job = int(first.split()[2])
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert err == (
+            f"dispatch: error: interrupted; job {job} keeps running on {testbed.slurm} "
+            f"(cancel it with: dispatch cancel {testbed.slurm} {job})\n"
+        )
+        status = json.loads(cli("--json", "status", testbed.slurm, str(job)).stdout)
+        assert status["job_id"] == job and status["state"] in ("PENDING", "RUNNING", "CONFIGURING")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if job is not None:
+            cli("cancel", testbed.slurm, str(job))
+
+
 def test_submit_sbcast_two_nodes(testbed: Testbed) -> None:
     proc = cli(
         "submit", testbed.slurm, "--command", "echo on $SLURMD_NODENAME", "--nodes", "2",
@@ -253,15 +327,46 @@ def test_queue_status_cancel_wait(testbed: Testbed) -> None:
         status = cli("--json", "status", testbed.slurm, str(job))
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["job"]["state"] in ("PENDING", "RUNNING", "CONFIGURING")
+        assert json.loads(status.stdout)["job_id"] == job
     finally:
-        cancel = cli("cancel", testbed.slurm, str(job))
+        cancel = cli("--json", "cancel", testbed.slurm, str(job))
     assert cancel.returncode == 0, cancel.stderr
+    cancelled = json.loads(cancel.stdout)
+    assert (cancelled["job_id"], cancelled["cancelled"]) == (job, True)
     waited = cli("wait", testbed.slurm, str(job), "--poll", "1", "--timeout", "120", timeout=180)
     assert waited.returncode == 1  # not COMPLETED
     assert "CANCELLED" in waited.stdout
     assert waited.stderr == ""  # piped: no spinner
     after = cli("status", testbed.slurm, str(job))
     assert after.returncode == 0 and "CANCELLED" in after.stdout
+    # Once it left squeue the report comes from sacct: the same shape, the same job_id type.
+    report = json.loads(cli("--json", "status", testbed.slurm, str(job)).stdout)
+    assert report["job_id"] == job and report["state"].startswith("CANCELLED")
+    assert all(isinstance(s["job_id"], int) for s in report["steps"])
+
+
+def test_array_elements_by_id_in_queue_status_and_cancel(testbed: Testbed) -> None:
+    """Elements of an array are shown and addressed as SLURM does: ``123_4``."""
+    import dispatch
+
+    sub = dispatch.submit(dispatch.SlurmJob(name=f"cli-arr-{uuid.uuid4().hex[:6]}",
+                                            command="sleep 300", time="5:00", array="0-2"),
+                          testbed.slurm)
+    assert sub.ok and sub.job_id is not None, sub
+    job = sub.job_id
+    try:
+        queue = cli("queue", testbed.slurm, "--user", testbed.user)
+        ids = [line.split()[0] for line in queue.stdout.splitlines()[1:]]
+        assert f"{job}_2" in ids or f"{job}_[0-2]" in ids or f"{job}_[1-2]" in ids, ids
+        status = json.loads(cli("--json", "status", testbed.slurm, f"{job}_1").stdout)
+        assert (status["job_id"], status["raw_id"]) == (job, f"{job}_1")
+        cancelled = json.loads(cli("--json", "cancel", testbed.slurm, f"{job}_1").stdout)
+        assert (cancelled["job_id"], cancelled["raw_id"], cancelled["cancelled"]) == (
+            job, f"{job}_1", True)
+        bad = cli("status", testbed.slurm, f"{job}_x")
+        assert bad.returncode == 2 and bad.stderr.rstrip().endswith(f"got '{job}_x'")
+    finally:
+        dispatch.cancel(job, testbed.slurm)
 
 
 def test_wait_timeout_exits_124(testbed: Testbed) -> None:
@@ -279,6 +384,39 @@ def test_status_of_unknown_job_is_one_line(testbed: Testbed) -> None:
     proc = cli("status", testbed.slurm, "999999")
     line = assert_one_error_line(proc)
     assert "999999" in line
+
+
+def test_wait_on_unknown_job_prints_the_library_message(testbed: Testbed) -> None:
+    proc = cli("wait", testbed.slurm, "999999", "--poll", "1", timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    line = assert_one_error_line(proc)  # no WARNING line before it
+    assert line == (
+        f"dispatch: error: no final state for job 999999 on {testbed.slurm}: "
+        "neither squeue nor sacct knows it (wrong job id, or long gone)"
+    )
+    assert "UNKNOWN" not in proc.stdout + proc.stderr
+
+
+def test_partitions(testbed: Testbed) -> None:
+    proc = cli("partitions", testbed.slurm)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["PARTITION", "STATE", "NODES", "CPUS", "NODELIST"]
+    expected = testbed.env["DISPATCH_TESTBED_PARTITIONS"].split()
+    assert sorted(line.split()[0].rstrip("*") for line in lines[1:]) == sorted(expected)
+    parts = json.loads(cli("--json", "partitions", testbed.slurm).stdout)
+    data = {p["name"].rstrip("*"): p for p in parts}
+    gpu = data[testbed.env["DISPATCH_TESTBED_GPU_PARTITION"]]
+    assert sorted(gpu["nodes"]) == sorted(testbed.env["DISPATCH_TESTBED_GPU_NODES"].split())
+    bad = cli("partitions", bad_host(testbed), timeout=90)
+    line = assert_one_error_line(bad)  # the reason, without a WARNING line before it
+    assert line.startswith(f"dispatch: error: sinfo on {bad_host(testbed)} failed: ")
+
+
+def test_gpus_on_a_failing_host_is_an_error_not_no_gpus(testbed: Testbed) -> None:
+    proc = cli("gpus", bad_host(testbed), "gpu", timeout=90)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert assert_one_error_line(proc).startswith("dispatch: error: sinfo on ")
 
 
 def test_nodes(testbed: Testbed) -> None:
@@ -328,16 +466,9 @@ def test_solve_missing_config_is_one_line(testbed: Testbed, tmp_path: Path) -> N
     assert assert_one_error_line(proc).endswith("does not exist")
 
 
-def test_repl_without_implementation_says_so(testbed: Testbed) -> None:
-    import dispatch
-
-    if hasattr(dispatch, "dispatch_repl"):
-        # Implemented: the command is wired to it (its end-to-end test lives with the REPL).
-        proc = cli("repl", "--help")
-        assert proc.returncode == 0 and "--port" in proc.stdout
-        return
-    proc = cli("repl", str(TESTBED_YAML), "--chip", "cpu", "--chips", "0")
-    assert "not available in this version" in assert_one_error_line(proc)
+def test_repl_help_lists_its_options(testbed: Testbed) -> None:
+    proc = cli("repl", "--help")
+    assert proc.returncode == 0 and "--port" in proc.stdout and "--detach" in proc.stdout
 
 
 def _read_pty(master: int) -> str:

@@ -8,12 +8,8 @@ import logging
 import pytest
 
 from dispatch.errors import DispatchError
-from dispatch.placement.config import (
-    PartitionConfig,
-    discover_plain_host,
-    discover_slurm_partitions,
-)
-from dispatch.ssh.commands import run
+from dispatch.placement import PartitionConfig, discover_plain_host, discover_slurm_partitions
+from dispatch.ssh import run
 
 from ..conftest import Testbed
 from . import fake_nvidia_smi

@@ -28,6 +28,7 @@ import pytest
 import dispatch.aio as dx
 
 from ..conftest import Testbed
+from ..support import report
 from ..support.faults import (
     apoll,
     daemon_down,
@@ -36,6 +37,7 @@ from ..support.faults import (
     readonly_dir,
     start_testbed,
 )
+from ..support.local import commit_tree
 from ..support.netns import blackhole_address
 from ..support.relay import Relay, SlowAuth, StallingSSHServer, Tarpit
 from ..support.remote import poll_until
@@ -49,7 +51,7 @@ CONNECT_TIMEOUT = 3
 DETECT_BOUND = KEEPALIVE * (KEEPALIVE_COUNT + 1) + CONNECT_TIMEOUT + 10.0
 
 # Counted for the issue note.
-FAULTS: dict[str, str] = {}
+FAULTS = report.section("fault")
 
 
 @pytest.fixture
@@ -444,16 +446,7 @@ async def test_copy_to_permission_denied_is_clear(testbed: Testbed, tmp_path: Pa
 
 
 def _git_repo(root: Path, big: int) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
-    (repo / "small.py").write_text("print('hi')\n")
-    (repo / "big.bin").write_bytes(os.urandom(big))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
-    for argv in (["git", "init", "-q"], ["git", "add", "-A"],
-                 ["git", "commit", "-q", "-m", "init"]):
-        subprocess.run(argv, cwd=repo, check=True, env=env, capture_output=True, timeout=60)
-    return repo
+    return commit_tree(root / "repo", {"small.py": "print('hi')\n", "big.bin": os.urandom(big)})
 
 
 async def test_ship_disk_full_leaves_nothing_under_final_name(
@@ -702,10 +695,3 @@ async def test_slurmdbd_stopped_job_info_says_unavailable_and_wait_still_ends(
     assert not info.ssh_result.ok
     assert "accounting" in text and "unavailable" in text, (
         f"job_info does not say accounting is unavailable: {info.ssh_result.stderr!r}")
-
-
-def test_zz_report_faults(capsys: pytest.CaptureFixture[str]) -> None:
-    with capsys.disabled():
-        for k, v in FAULTS.items():
-            print(f"\nfault: {k}: {v}", end="")
-        print(f"\nfaults survived: {len(FAULTS)}")

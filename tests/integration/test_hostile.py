@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import dispatch
 
 from ..conftest import Testbed
+from ..support import report
 from ..support.remote import scratch_dir, ssh_out
 
 # Hostile characters drawn often, plus the rest of Unicode (no NUL, no lone surrogates).
@@ -231,6 +232,11 @@ def test_field_injection_rejected_or_harmless(testbed: Testbed, remote_root: str
 
 REJECTED: set[str] = set()
 ACCEPTED: set[str] = set()
+report.section("hostile").update({
+    "hypothesis cases run": lambda: f"{CASES} total={sum(CASES.values())}",
+    "fields rejected": lambda: len(REJECTED),
+    "fields accepted and harmless": lambda: sorted(ACCEPTED),
+})
 
 
 @pytest.mark.parametrize("kind", ["quote-break", "shell", "comment-hash"])
@@ -299,10 +305,3 @@ def test_hostile_share_dir_and_ship_path_rejected_or_literal(testbed: Testbed, r
     marks = dispatch.run(["sh", "-c", 'ls -d "$1"* 2>/dev/null || true', "sh", mark],
                          testbed.plain, timeout=30)
     assert marks.stdout == "", f"path {value!r} ran shell code"
-
-
-def test_zz_report_case_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    """Print how many generated cases ran (for the issue note); runs after the properties."""
-    with capsys.disabled():
-        print(f"\nhypothesis cases run: {CASES} total={sum(CASES.values())}")
-        print(f"fields rejected: {len(REJECTED)} accepted-and-harmless: {sorted(ACCEPTED)}")

@@ -14,15 +14,16 @@ from pathlib import Path
 import dispatch
 import dispatch.aio as dx
 from dispatch._blocking import run_blocking
-from dispatch.ssh.pool import current_pool
+from dispatch.ssh import current_pool
 
 from ..conftest import Testbed
+from ..support import report
 from ..support.remote import fd_count, rss_kib, scratch_dir, ssh_out
 
 MAX_CONN = 4
 MAX_CHAN = 8
 
-FIGURES: dict[str, str] = {}
+FIGURES = report.section("load")
 
 
 async def _bounded(n: int, inflight: int, hosts: list[str]) -> tuple[list[dx.RunResult], int]:
@@ -131,13 +132,3 @@ async def test_100_copy_to_leak_nothing(testbed: Testbed, tmp_path: Path) -> Non
     FIGURES["100 copy_to"] = (
         f"fds {fd0}->{fd1}, connections {c0.open_connections}->{c1.open_connections}, "
         f"RSS +{rss1 - rss0} KiB")
-
-
-def test_zz_report_figures(capsys: object) -> None:
-    import pytest
-
-    assert isinstance(capsys, pytest.CaptureFixture)
-    with capsys.disabled():
-        for k, v in FIGURES.items():
-            print(f"\nload: {k}: {v}", end="")
-        print()

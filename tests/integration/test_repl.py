@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.jupyter import api as repl_api
 from dispatch.jupyter.api import ReplResult, dispatch_repl, end_repl
-from dispatch.placement.config import (
+from dispatch.placement import (
     ClusterConfig,
     DispatchConfig,
     PlainHostConfig,
@@ -33,9 +34,12 @@ from dispatch.placement.hardware import HardwareRequest, JobSpec
 from dispatch.slurm.job import SlurmJob
 from dispatch.slurm.query import cancel, status
 from dispatch.slurm.submission import submit
+from dispatch.ssh import Pool, close_tunnel, forward_port
 from dispatch.ssh.commands import run
 
 from ..conftest import Testbed
+from ..support.local import commit_tree
+from ..support.local import free_port as _free_port
 
 JUPYTER_VENV = os.environ.get("DISPATCH_TESTBED_JUPYTER", "/opt/dispatch-testbed/jupyter")
 JUPYTER = f"{JUPYTER_VENV}/bin/jupyter server --no-browser --port 0"
@@ -64,21 +68,7 @@ async def remote_base(testbed: Testbed) -> AsyncIterator[str]:
 
 @pytest.fixture
 def git_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    (repo / "pkg").mkdir(parents=True)
-    (repo / "README.md").write_text("hello\n")
-    (repo / "pkg" / "mod.py").write_text("VALUE = 1\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for argv in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(argv, cwd=repo, check=True, env=env, capture_output=True)
-    return repo
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return commit_tree(tmp_path / "repo", {"README.md": "hello\n", "pkg/mod.py": "VALUE = 1\n"})
 
 
 def _plain_config(testbed: Testbed, base: str) -> DispatchConfig:
@@ -173,6 +163,7 @@ async def test_plain_repl_serves_through_tunnel_and_ends_cleanly(
         assert res.mailbox_job_id == spec.id and res.job_id is None
         assert res.local_port == port and res.tunnel_pid == os.getpid()
         assert res.remote_port and res.remote_pid and res.token
+        assert res.gpus == ()  # CPU-only: no GPU claimed or pinned
         assert res.local_url == f"http://localhost:{port}/?token={res.token}"
         assert res.remote_url is not None and f":{res.remote_port}/" in res.remote_url
 
@@ -268,6 +259,68 @@ async def test_plain_repl_sync_ships_local_edits(
         await _until(added, timeout=20)
     finally:
         assert (await end_repl(res)).ok
+
+
+async def test_sessions_with_equal_results_end_only_their_own_tunnel(testbed: Testbed) -> None:
+    """Two sessions whose results agree on every documented field (the old registry, keyed
+    by the result's value, let the second overwrite the first) each keep their own tunnel:
+    ending one closes its tunnel only, however often it is ended."""
+    p1, p2 = _free_port(), _free_port()
+    t1 = await forward_port(testbed.plain, p1, testbed.ssh_port, remote_host="127.0.0.1")
+    t2 = await forward_port(testbed.plain, p2, testbed.ssh_port, remote_host="127.0.0.1")
+    assert t1.ok and t2.ok, t1.stderr + t2.stderr
+    same = dict(ok=True, is_slurm=False, selected_host="box", ssh_host=testbed.plain,
+                log_path="/nonexistent/nb.log", local_port=p1, tunnel_pid=os.getpid())
+    first = ReplResult(**same, session_id="first")  # type: ignore[arg-type]
+    second = ReplResult(**same, session_id="second")  # type: ignore[arg-type]
+    assert dataclasses.replace(first, session_id=None) == dataclasses.replace(
+        second, session_id=None)
+    repl_api._remember(first, t1)
+    repl_api._remember(second, t2)
+    try:
+        assert (await end_repl(first)).ok
+        assert not _port_open(p1)
+        assert _port_open(p2)  # the other session's tunnel is untouched
+        assert (await end_repl(first)).ok  # ending again: still only its own (gone) tunnel
+        assert _port_open(p2)
+        assert (await end_repl(second)).ok
+        assert not _port_open(p2)
+    finally:
+        await close_tunnel(t1)
+        await close_tunnel(t2)
+
+
+async def test_closing_the_pool_stops_its_sessions(
+    testbed: Testbed, remote_base: str, git_repo: Path
+) -> None:
+    """A session's state lives on the pool it started in: closing the pool stops the file
+    sync and the tunnel (nothing left behind in a module global); end_repl still stops the
+    notebook afterwards."""
+    port = _free_port()
+    async with Pool() as pool:
+        res = await dispatch_repl(
+            JobSpec("pooled"), HardwareRequest(min_chips=0), _plain_config(testbed, remote_base),
+            port, jupyter_command=JUPYTER, repo_path=git_repo, sync_enabled=True,
+            sync_interval=0.3,
+        )
+        try:
+            assert res.ok, res.stderr
+            assert res.session_id
+            live = pool.registry.peek(repl_api._SESSIONS)
+            assert live is not None and set(live) == {res.session_id}
+            syncer = live[res.session_id].syncer
+            assert syncer is not None and syncer.running
+            assert _port_open(port)
+        except BaseException:
+            await end_repl(res)
+            raise
+    assert not syncer.running
+    assert pool.registry.peek(repl_api._SESSIONS) is None
+    assert not _port_open(port)
+    ended = await end_repl(res)
+    assert ended.ok, ended.stderr
+    assert res.remote_pid is not None
+    assert not await _alive(testbed.plain, res.remote_pid)
 
 
 # --- SLURM ------------------------------------------------------------------------------

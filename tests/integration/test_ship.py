@@ -16,6 +16,7 @@ from dispatch.shipping.remote import _ship_bytes
 from dispatch.ssh.commands import run
 
 from ..conftest import Testbed
+from ..support.local import commit_tree
 
 HOSTILE = ["with space.txt", "it's.txt", 'dq"uote.txt', "ümlaut-日本.txt", "$(id).txt",
            "-dash.txt", "semi;colon&.txt"]
@@ -27,22 +28,10 @@ def git(repo: Path, *args: str) -> str:
 
 
 def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "t@example.org")
-    git(path, "config", "user.name", "t")
-    (path / "README.md").write_text("hello\n")
-    (path / "pkg").mkdir()
-    (path / "pkg" / "mod.py").write_text("X = 1\n")
-    (path / "run.sh").write_text("#!/bin/sh\necho ok\n")
-    (path / "run.sh").chmod(0o755)
-    (path / ".gitignore").write_text("*.log\n")
-    for i, name in enumerate(HOSTILE):
-        (path / "odd dir").mkdir(exist_ok=True)
-        (path / "odd dir" / name).write_text(f"hostile {i}\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "one")
-    return path
+    files: dict[str, str | bytes] = {"README.md": "hello\n", "pkg/mod.py": "X = 1\n",
+                                     "run.sh": "#!/bin/sh\necho ok\n", ".gitignore": "*.log\n"}
+    files.update({f"odd dir/{name}": f"hostile {i}\n" for i, name in enumerate(HOSTILE)})
+    return commit_tree(path, files, executable=("run.sh",))
 
 
 def local_files(root: Path, names: list[str]) -> dict[str, str]:

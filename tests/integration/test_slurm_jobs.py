@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,10 +25,12 @@ from dispatch.slurm.submission import submit, submit_packed
 from dispatch.ssh.commands import run
 
 from ..conftest import Testbed
+from ..support.local import commit_tree
 
 POLL = 0.5
 # the submission module itself, for its helpers
 submit_mod = importlib.import_module("dispatch.slurm.submission")
+payload_mod = importlib.import_module("dispatch.slurm.payload")
 
 
 def _env(testbed: Testbed, key: str, default: str) -> str:
@@ -214,14 +215,8 @@ async def test_gpu_job_sees_devices_and_available_gpus_drop(
 
 @pytest.fixture
 def git_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    (repo / "pkg").mkdir(parents=True)
-    (repo / "README.md").write_text("hello\n")
-    (repo / "pkg" / "main.py").write_text("print('packed')\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for argv in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(argv, cwd=repo, check=True, env=env, capture_output=True)
+    repo = commit_tree(tmp_path / "repo",
+                       {"README.md": "hello\n", "pkg/main.py": "print('packed')\n"})
     (repo / "uncommitted.txt").write_text("not in HEAD\n")
     return repo
 
@@ -409,6 +404,7 @@ async def test_submit_packed_share_dir_uploads_payload_once(
         return await real_write(host, path, data, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(submit_mod, "write_file", counting)
+    monkeypatch.setattr(payload_mod, "write_file", counting)  # the payload upload's
     job = _job(testbed, remote_dir, "shared", "cat pkg/main.py")
     ids = []
     for _ in range(2):

@@ -7,8 +7,8 @@ import asyncio
 import inspect
 import os
 import random
+import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +23,7 @@ from dispatch._blocking import run_blocking
 from dispatch.ssh import PoolStats, current_pool
 
 from ..conftest import Testbed
+from ..support.local import free_port as _free_port
 
 
 async def _default_stats(host: str) -> PoolStats:
@@ -102,6 +103,7 @@ try:
     dispatch.run(sys.argv[2], sys.argv[1])
 except KeyboardInterrupt:
     print(f"interrupted after {time.monotonic() - t:.1f}s", flush=True)
+    sys.stdin.read()  # hold here while the test looks at the host: this is the instant
     sys.exit(0)
 print("not interrupted", flush=True)
 """
@@ -116,19 +118,24 @@ def test_ctrl_c_in_a_blocking_call_kills_the_remote_command(testbed: Testbed) ->
     marker = f"{random.randint(100000, 999999)}.5"
     proc = subprocess.Popen(
         [sys.executable, "-X", "dev", "-c", _INTERRUPTIBLE, testbed.plain, f"sleep {marker}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 30
         while not _remote_sleeps(testbed.plain, marker):  # the remote command is running
             assert proc.poll() is None and time.monotonic() < deadline
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # KeyboardInterrupt has reached the caller...
+        # ...and the remote process is already gone at that instant (the caller is held
+        # in its except block until we close its stdin).
+        left = _remote_sleeps(testbed.plain, marker)
+        out, err = proc.communicate(input="", timeout=30)  # EOF lets it exit
     finally:
         proc.kill()
-    assert proc.returncode == 0 and out.startswith("interrupted"), (out, err)
+    assert proc.returncode == 0 and first.startswith("interrupted"), (first, out, err)
     assert err == ""
-    assert _remote_sleeps(testbed.plain, marker) == ""  # gone before run() returned
+    assert left == ""
 
 
 _EXITS_WITH_OPEN_CONNECTIONS = """
@@ -160,10 +167,10 @@ def test_interpreter_exit_with_open_connections_is_clean(testbed: Testbed, style
         capture_output=True, text=True, timeout=60, env=env,
     )
     assert (proc.returncode, proc.stdout) == (0, "done\n"), proc.stderr
-    assert proc.stderr == ""  # no "Task was destroyed", "Event loop is closed", warnings
+    # No "Task was destroyed", "Event loop is closed" or warnings. asyncio's debug mode also
+    # reports callbacks slower than 100 ms ("Executing <Handle ...> took 0.15 seconds"), which
+    # a loaded 2-core machine produces during key exchange: timing, not a leak.
+    slow = re.compile(r"^Executing <.*> took [0-9.]+ seconds$")
+    assert [ln for ln in proc.stderr.splitlines() if not slow.match(ln)] == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

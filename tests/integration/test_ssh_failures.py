@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from dispatch.ssh.tunnel import _pid_gone
 
 from ..conftest import Testbed
 from ..support.faults import fault_pool_kwargs
+from ..support.local import free_port as _free_port
 from ..support.netns import blackhole_address
 from ..support.relay import StallingSSHServer, Tarpit
 from ..support.sshconf import Alias
@@ -43,10 +43,6 @@ def _config(tmp_path: Path, testbed: Testbed, body: str, known_hosts: Path | Non
     return cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_unknown_host_name_does_not_resolve(testbed: Testbed, tmp_path: Path) -> None:

@@ -16,12 +16,7 @@ from dispatch.ssh import Pool
 from dispatch.ssh.tunnel import _pid_gone
 
 from ..conftest import Testbed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ..support.local import free_port as _free_port
 
 
 def _get(port: int) -> bytes:

@@ -156,7 +156,7 @@ def test_status_lists_every_daemon_up_and_env_names_the_cluster(slurm_ready: Tes
     proc = subprocess.run([str(script), "status"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     states = dict(line.split()[:2] for line in proc.stdout.splitlines())
-    expected = ["sshd", "munged", "mariadb", "slurmdbd", "slurmctld"]
+    expected = ["sshd", "sshd-mfa", "wan-relay", "munged", "mariadb", "slurmdbd", "slurmctld"]
     expected += [f"slurmd-{n}" for n in tb.nodes]
     assert list(states) == expected
     assert set(states.values()) == {"up"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,3 +202,33 @@ def test_results_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.returncode = 1  # type: ignore[misc]
     assert result.ok and not dispatch.RunResult(1, "", "").ok
+
+
+def test_type_checkers_see_every_public_name_as_run_time_does() -> None:
+    """`dispatch` builds its names lazily; its TYPE_CHECKING block must list the same ones
+    (the classes re-exported, the twins made by ``blocking``), or typed users lose them."""
+    tree = ast.parse(Path(dispatch.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If)
+                 and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen: set[str] = set()
+    for node in block.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "aio":
+            seen.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Assign):
+            seen.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    assert seen == set(dispatch.__all__) - {"aio"}
+
+
+def test_import_dispatch_is_cheap() -> None:
+    """`import dispatch` (and so `dispatch --help`) loads neither asyncssh nor OmegaConf."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dispatch; "
+            "print(sorted(m for m in ('asyncssh', 'omegaconf', 'dispatch.aio')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import dispatch; print(dispatch.run.__name__, 'asyncssh' in __import__('sys').modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "run True"

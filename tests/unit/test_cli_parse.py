@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.cli.main import main, parse_args
+from dispatch.cli.console import one_line
+from dispatch.cli.main import main
+from dispatch.cli.parser import parse_args
 from dispatch.cli.progress import ProgressBar, Spinner
 from dispatch.cli.render import (
     RemoteSpec,
@@ -158,6 +160,53 @@ def test_usage_errors_exit_2_with_one_error_line(
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("dispatch: error:")]
     assert "Traceback" not in err
+    # one short usage line and one error line, nothing else
+    usage, error = err.splitlines()
+    assert usage.startswith("usage: dispatch") and error.startswith("dispatch: error: ")
+
+
+def test_usage_is_one_short_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["status", "slurm", "abc"])
+    assert capsys.readouterr().err == (
+        "usage: dispatch status [options] HOST JOB\n"
+        "dispatch: error: argument JOB: expected a SLURM job id like 123 or 123_4, got 'abc'\n"
+    )
+
+
+def test_unknown_command_is_named_without_the_whole_list(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["frobnicate", "x"])
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "dispatch: error: unknown command 'frobnicate' (see `dispatch --help`)"
+
+
+def test_usage_error_with_json_is_a_json_object_on_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--json", "wait", "slurm", "12", "--poll", "0"])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["exit_code"] == 2 and "--poll" in data["error"]
+    assert captured.err.splitlines()[-1] == f"dispatch: error: {data['error']}"
+
+
+def test_errors_with_json_are_json_objects(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--json", "copy", "a", "b"]) == 1
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data == {"error": data["error"], "exit_code": 1}
+    assert data["error"].startswith("copy: neither SRC nor DST is remote")
+    assert captured.err == f"dispatch: error: {data['error']}\n"
+
+
+def test_partitions_command_parses() -> None:
+    args = parse_args(["partitions", "slurm", "--timeout", "5", "--json"])
+    assert (args.handler, args.host, args.timeout, args.json) == ("partitions", "slurm", 5.0, True)
 
 
 def test_wait_options() -> None:
@@ -231,7 +280,5 @@ def test_run_without_host_names_only_host(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_multiline_error_messages_become_one_line() -> None:
-    from dispatch.cli.main import _one_line
-
     text = "cannot place 4x h100; every host was rejected:\n  a: no\n  b: busy\n"
-    assert _one_line(text) == "cannot place 4x h100; every host was rejected: a: no; b: busy"
+    assert one_line(text) == "cannot place 4x h100; every host was rejected: a: no; b: busy"

@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from dispatch.errors import ConfigError, InvalidValueError
-from dispatch.placement.config import (
+from dispatch.placement import (
+    SUPPORTED_CHIPS,
     ClusterConfig,
     DispatchConfig,
     PartitionConfig,
@@ -19,7 +20,6 @@ from dispatch.placement.config import (
     load_dispatch_config,
     parse_dispatch_config,
 )
-from dispatch.placement.hardware import SUPPORTED_CHIPS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -144,6 +144,21 @@ def test_parse_from_omegaconf_object() -> None:
         ("clusters: {a: {root: /r, work: /w}}\n"
          "hosts: {h: {ssh: h, cluster: a, type: slurm, partitons: [gpu]}}",
          "hosts.h.partitons", "unknown key"),
+        # the GPU busy rule (plain hosts only)
+        ("clusters: {a: {root: /r, work: /w}}\nhosts: {h: {ssh: h, cluster: a, gpu_busy_mib: 0}}",
+         "hosts.h.gpu_busy_mib", "(got 0)"),
+        ("clusters: {a: {root: /r, work: /w}}\n"
+         "hosts: {h: {ssh: h, cluster: a, gpu_busy_mib: 100MiB}}",
+         "hosts.h.gpu_busy_mib", "'100MiB'"),
+        ("clusters: {a: {root: /r, work: /w}}\n"
+         "hosts: {h: {ssh: h, cluster: a, gpu_busy_utilization: 150}}",
+         "hosts.h.gpu_busy_utilization", "(got 150)"),
+        ("clusters: {a: {root: /r, work: /w}}\n"
+         "hosts: {h: {ssh: h, cluster: a, gpu_busy_utilization: false}}",
+         "hosts.h.gpu_busy_utilization", "(got False)"),
+        ("clusters: {a: {root: /r, work: /w}}\n"
+         "hosts: {h: {ssh: h, cluster: a, type: slurm, gpu_busy_mib: 100}}",
+         "hosts.h.gpu_busy_mib", "unknown key"),
     ],
 )
 def test_errors_name_file_key_and_value(tmp_path: Path, text: str, where: str,
@@ -249,6 +264,8 @@ hosts:
     cluster: c
     chips: {h100: 2, a6000: 1}
     uv_groups: [cuda, dev]
+    gpu_busy_mib: 500
+    gpu_busy_utilization: 95
   s:
     type: slurm
     ssh: s-alias
@@ -275,7 +292,8 @@ def test_every_documented_field_round_trips(tmp_path: Path) -> None:
                                      cache_size="1024", cache_dir="/tmp/jc")},
         hosts={
             "p": PlainHostConfig("p-alias", "c", chips={"h100": 2, "a6000": 1},
-                                 uv_groups=["cuda", "dev"]),
+                                 uv_groups=["cuda", "dev"], gpu_busy_mib=500,
+                                 gpu_busy_utilization=95),
             "s": SlurmHostConfig(
                 "s-alias", "c",
                 partitions=[PartitionConfig("debug"),
@@ -339,3 +357,16 @@ def test_unset_env_var_names_variable_and_key(tmp_path: Path) -> None:
 def test_unsupported_python_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"^clusters\.c\.root: unsupported value"):
         parse_dispatch_config({"clusters": {"c": {"root": object(), "work": "/w"}}})
+
+
+def test_gpu_busy_rule_defaults_and_off(tmp_path: Path) -> None:
+    cfg = load_dispatch_config(write(tmp_path, """
+        clusters: {a: {root: /r, work: /w}}
+        hosts:
+          box: {ssh: box, cluster: a}
+          quiet: {ssh: q, cluster: a, gpu_busy_mib: 2048, gpu_busy_utilization: null}
+    """))
+    box, quiet = cfg.hosts["box"], cfg.hosts["quiet"]
+    assert isinstance(box, PlainHostConfig) and isinstance(quiet, PlainHostConfig)
+    assert (box.gpu_busy_mib, box.gpu_busy_utilization) == (100, 90)
+    assert (quiet.gpu_busy_mib, quiet.gpu_busy_utilization) == (2048, None)

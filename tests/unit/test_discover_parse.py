@@ -4,27 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatch.placement.config import PartitionConfig
-from dispatch.placement.probe import (
-    parse_sinfo_gres,
-    parse_sinfo_gres_counts,
-    parse_sinfo_partitions,
-)
+from dispatch.placement import PartitionConfig
+from dispatch.placement.probe import partition_configs_from_sinfo
+from dispatch.slurm.parse import parse_sinfo_gres, parse_sinfo_gres_counts
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "sinfo-partitions"
 
 
 def test_partitions_from_testbed_capture() -> None:
-    parts = parse_sinfo_partitions((FIX / "testbed_P.txt").read_text())
+    parts = partition_configs_from_sinfo((FIX / "testbed_P.txt").read_text())
     assert parts == [PartitionConfig("gpu"), PartitionConfig("cpu", default=True)]
 
 
 def test_partitions_deduplicated_across_state_groups() -> None:
     # sinfo prints a partition once per node-state group.
     text = "gpu\ngpu\ndebug*\ndebug*\nlong\n"
-    assert parse_sinfo_partitions(text) == [
+    assert partition_configs_from_sinfo(text) == [
         PartitionConfig("gpu"), PartitionConfig("debug", default=True), PartitionConfig("long")]
-    assert parse_sinfo_partitions("") == []
+    assert partition_configs_from_sinfo("") == []
 
 
 def test_gres_from_testbed_capture() -> None:

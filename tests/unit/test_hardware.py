@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 
 from dispatch.errors import InvalidValueError
-from dispatch.placement.hardware import (
+from dispatch.placement import (
     SUPPORTED_CHIPS,
     Chip,
     Cluster,
+    GpuRef,
     HardwareRequest,
     HardwareResult,
     JobSpec,
@@ -117,3 +118,17 @@ def test_jobspec() -> None:
             JobSpec(bad)
     with pytest.raises(InvalidValueError):
         JobSpec("ok", project="bad project")
+
+
+def test_gpu_ref_and_free_gpus() -> None:
+    ref = GpuRef(0, "GPU-43b39da1-c6e1-7025-daca-92c43ef30119")
+    cluster = Cluster("c", "/r", "/w")
+    res = HardwareResult("h", "a", SUPPORTED_CHIPS["h200"], 1, cluster, available=1,
+                         free_gpus=[ref])  # type: ignore[arg-type]
+    assert res.free_gpus == (ref,)
+    assert HardwareResult("h", "a", SUPPORTED_CHIPS["h200"], 1, cluster).free_gpus == ()
+    for index, uuid in [(-1, ref.uuid), (True, ref.uuid), (0, ""), (0, "GPU-x; rm -rf ~"),
+                        (0, "43b39da1"), (0, "GPU-a/b")]:
+        with pytest.raises(InvalidValueError):
+            GpuRef(index, uuid)
+    assert GpuRef(3, "MIG-9a1b2c3d-0000-4000-8000-000000000001").index == 3

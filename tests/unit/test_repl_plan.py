@@ -1,5 +1,5 @@
-"""Pure parts of dispatch.jupyter.api: work dirs, launch/stop scripts, picking the server PID, and
-the Ctrl-C path of a SLURM submission."""
+"""Pure parts of dispatch.jupyter (plan, scripts, slurm, api): work dirs, launch/stop
+scripts, picking the server PID, and the Ctrl-C path of a SLURM submission."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 
 from dispatch.errors import InvalidValueError
 from dispatch.jupyter import api as repl
+from dispatch.jupyter import plan, scripts
+from dispatch.jupyter import slurm as jslurm
 from dispatch.placement.hardware import Cluster, JobSpec
 from dispatch.results import RunResult
 from dispatch.slurm.models import SlurmResult
@@ -18,9 +20,9 @@ from dispatch.slurm.models import SlurmResult
 
 def test_work_dir_layout() -> None:
     cluster = Cluster("c", root="/r", work="/w/")
-    assert repl.work_dir_for(cluster, JobSpec("nb", project="p", group="g")) == "/w/p/g/nb"
-    assert repl.work_dir_for(cluster, JobSpec("nb", project="p")) == "/w/p/nb"
-    assert repl.work_dir_for(cluster, JobSpec("nb")) == "/w/nb"
+    assert plan.work_dir_for(cluster, JobSpec("nb", project="p", group="g")) == "/w/p/g/nb"
+    assert plan.work_dir_for(cluster, JobSpec("nb", project="p")) == "/w/p/nb"
+    assert plan.work_dir_for(cluster, JobSpec("nb")) == "/w/nb"
 
 
 def test_result_fields_and_order() -> None:
@@ -29,7 +31,7 @@ def test_result_fields_and_order() -> None:
         "ok", "is_slurm", "selected_host", "ssh_host", "log_path", "job_id",
         "allocated_hostname", "remote_pid", "remote_port", "token", "remote_url", "local_port",
         "local_url", "tunnel_pid", "cluster_name", "cluster_root", "cluster_mount", "work_dir",
-        "mailbox_job_id", "stderr",
+        "mailbox_job_id", "stderr", "session_id", "gpus",
     ]
     r = repl.ReplResult(False, False, "h", "ssh", "/log")
     assert r.stderr == "" and r.job_id is None
@@ -47,24 +49,33 @@ ps   502 /opt/j/bin/python /opt/j/bin/jupyter-server --port 0
 
 
 def test_pick_server_pid() -> None:
-    assert repl._pick_server_pid(PS_SS, 40765, 500) == 502
+    assert scripts.pick_server_pid(PS_SS, 40765, 500) == 502
     # ss unavailable: the last Jupyter-looking process of the session that is not a shell
     no_ss = "\n".join(line for line in PS_SS.splitlines() if line.startswith("ps"))
-    assert repl._pick_server_pid(no_ss, 40765, 500) == 502
+    assert scripts.pick_server_pid(no_ss, 40765, 500) == 502
     # a listener outside the session is never picked
     foreign = PS_SS.replace("pid=502", "pid=999")
-    assert repl._pick_server_pid(foreign, 40765, 500) == 502
-    assert repl._pick_server_pid("", 40765, 500) == 500
+    assert scripts.pick_server_pid(foreign, 40765, 500) == 502
+    assert scripts.pick_server_pid("", 40765, 500) == 500
 
 
 def test_scripts_quote_paths_and_parse_in_bash() -> None:
-    launch = repl._launch_command("/w/a b", "/l/x'y.bootstrap.sh", "/l/x'y.log")
+    launch = scripts.launch_command("/w/a b", "/l/x'y.bootstrap.sh", "/l/x'y.log")
     assert "'/w/a b'" in launch and "setsid nohup bash -l" in launch
     assert launch.endswith("& echo $!")
-    stop = repl._stop_script(123, "x'y.bootstrap.sh", 1.0)
-    for script in (launch, stop, repl._pid_probe(77)):
+    stop = scripts.stop_script(123, "x'y.bootstrap.sh", 1.0)
+    for script in (launch, stop, scripts.pid_probe(77)):
         subprocess.run(["bash", "-n", "-c", script], check=True)
     assert shlex.quote("x'y.bootstrap.sh") in stop
+
+
+def test_probe_and_poll_scripts_parse_in_bash() -> None:
+    for script in (scripts.log_poll_command("/l/x'y.log", 12, scripts.slurm_alive_check(7)),
+                   scripts.plain_alive_check(77), scripts.node_address_command("n'1"),
+                   scripts.make_dir_command("~/a b")):
+        subprocess.run(["bash", "-n", "-c", script], check=True)
+    assert shlex.quote("n'1") in scripts.node_address_command("n'1")
+    assert scripts.make_dir_command("~/a b") == "mkdir -p \"$HOME\"'/a b'"
 
 
 def test_stop_script_refuses_foreign_process() -> None:
@@ -72,7 +83,7 @@ def test_stop_script_refuses_foreign_process() -> None:
     victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         proc = subprocess.run(
-            ["bash", "-c", repl._stop_script(victim.pid, "nb.bootstrap.sh", 0.1)],
+            ["bash", "-c", scripts.stop_script(victim.pid, "nb.bootstrap.sh", 0.1)],
             capture_output=True, text=True, check=False, timeout=30)
         assert (proc.returncode, proc.stdout.strip()) == (3, "foreign"), proc
         assert victim.poll() is None
@@ -86,7 +97,7 @@ def test_stop_script_stops_a_bootstrap_session() -> None:
         ["bash", "-c", "sleep 30 & wait", "x.bootstrap.sh"], start_new_session=True)
     try:
         proc = subprocess.run(
-            ["bash", "-c", repl._stop_script(leader.pid, "x.bootstrap.sh", 0.5)],
+            ["bash", "-c", scripts.stop_script(leader.pid, "x.bootstrap.sh", 0.5)],
             capture_output=True, text=True, check=False, timeout=30)
         assert proc.stdout.strip() == "stopped", proc
         assert leader.wait(timeout=10) is not None
@@ -112,8 +123,8 @@ async def test_interrupted_submission_cancels_its_job(monkeypatch: pytest.Monkey
         cancelled.append(job_id)
         return RunResult(0, "", "")
 
-    monkeypatch.setattr(repl, "cancel", fake_cancel)
-    task = asyncio.ensure_future(repl._submit_or_cancel(slow_submit(), "h", 5.0))
+    monkeypatch.setattr(jslurm, "cancel", fake_cancel)
+    task = asyncio.ensure_future(jslurm._submit_or_cancel(slow_submit(), "h", 5.0))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -123,7 +134,7 @@ async def test_interrupted_submission_cancels_its_job(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("port", [0, 70000, "8888", True])
 async def test_bad_local_port_raises(port: object) -> None:
-    from dispatch.placement.config import ClusterConfig, DispatchConfig, PlainHostConfig
+    from dispatch.placement import ClusterConfig, DispatchConfig, PlainHostConfig
     from dispatch.placement.hardware import HardwareRequest
 
     cfg = DispatchConfig(clusters={"c": ClusterConfig(root="/r", work="/w")},
@@ -136,7 +147,7 @@ async def test_local_port_in_use_fails_before_any_remote_work(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from dispatch.placement.config import ClusterConfig, DispatchConfig, PlainHostConfig
+    from dispatch.placement import ClusterConfig, DispatchConfig, PlainHostConfig
     from dispatch.placement.hardware import HardwareRequest
 
     calls: list[str] = []
@@ -162,7 +173,7 @@ def test_port_in_time_wait_counts_as_free() -> None:
     """Re-running a session on the same local port right after ending one must work."""
     import socket
 
-    from dispatch.jupyter.api import _local_port_free
+    from dispatch.jupyter.plan import local_port_free as _local_port_free
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch.errors import InvalidValueError
-from dispatch.placement.hardware import JuiceFSMount
 from dispatch.slurm.job import (
     SLURM_MAX_SCRIPT_BYTES,
     SlurmJob,
@@ -27,6 +26,7 @@ from dispatch.slurm.job import (
     script_size,
     shell_path,
 )
+from dispatch.slurm.mounts import JuiceFSMount
 
 BASH = shutil.which("bash") or "/bin/bash"
 SHELLCHECK = shutil.which("shellcheck")

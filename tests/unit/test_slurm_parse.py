@@ -490,3 +490,28 @@ def test_array_all_completed_main_is_first() -> None:
     text = ARRAY_SACCT.replace("FAILED|1:0", "COMPLETED|0:0")
     result = JobInfoResult(parse.parse_sacct(text), RunResult(0, text, ""))
     assert result.main is not None and result.main.job_id == "2140_1"
+
+
+# --- sinfo partition GRES (for placement) --------------------------------------------------
+
+SINFO_FIX = pathlib.Path(__file__).parent.parent / "fixtures" / "sinfo-partitions"
+
+
+def test_sinfo_partition_gres_args_print_partition_and_gres() -> None:
+    assert parse.SINFO_PARTITION_GRES_ARGS == ["sinfo", "--noheader", "--format=%P|%G"]
+
+
+def test_parse_sinfo_gres_on_testbed_capture() -> None:
+    text = (SINFO_FIX / "testbed_P_G.txt").read_text()
+    assert parse.parse_sinfo_gres(text) == {"gpu": {"h100"}, "cpu": set()}
+    assert parse.parse_sinfo_gres_counts(text) == {"gpu": {"h100": 4}, "cpu": {}}
+
+
+def test_parse_sinfo_gres_counts_mixed_untyped_and_bracketed() -> None:
+    text = "a*|gpu:a100:4(S:0,1),gpu:v100:2\na|gpu:a100:8(S:0-1)\nb|gpu:2,shard:8\nc|gpu:x:y\n"
+    assert parse.parse_sinfo_gres_counts(text) == {
+        "a": {"a100": 8, "v100": 2},
+        "b": {"": 2},
+        "c": {"x": 0},
+    }
+    assert parse.parse_sinfo_gres("no bar line\n|gpu:1\n") == {}

@@ -14,6 +14,8 @@ from dispatch.errors import ShipError
 from dispatch.shipping import pack_files, snapshot, snapshot_dirty
 from dispatch.shipping.remote import extract_script
 
+from ..support.local import commit_tree
+
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
@@ -21,18 +23,8 @@ def git(repo: Path, *args: str) -> str:
 
 
 def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "t@example.org")
-    git(path, "config", "user.name", "t")
-    (path / "README.md").write_text("hello\n")
-    (path / "pkg").mkdir()
-    (path / "pkg" / "mod.py").write_text("X = 1\n")
-    (path / "gone.txt").write_text("to be deleted\n")
-    (path / ".gitignore").write_text("*.log\nbuild/\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "one")
-    return path
+    return commit_tree(path, {"README.md": "hello\n", "pkg/mod.py": "X = 1\n",
+                              "gone.txt": "to be deleted\n", ".gitignore": "*.log\nbuild/\n"})
 
 
 def members(data: bytes) -> dict[str, bytes | None]:

@@ -8,27 +8,33 @@ from dataclasses import dataclass, field
 import pytest
 
 from dispatch.errors import DispatchError, SolveError
-from dispatch.placement.config import (
+from dispatch.placement import (
     ClusterConfig,
     DispatchConfig,
+    HardwareRequest,
     PartitionConfig,
     PlainHostConfig,
     SlurmHostConfig,
+    SolveResult,
+    solve_or_raise,
 )
-from dispatch.placement.hardware import HardwareRequest
-from dispatch.placement.solve import SolveResult, solve, solve_or_raise
+from dispatch.placement.hardware import GpuRef
+from dispatch.placement.nvidia_smi import GpuProcess, GpuReading
+from dispatch.placement.solve import solve
 
 
 @dataclass
 class Fake:
     """AvailabilitySource answering from tables; records calls."""
 
-    plain: dict[str, int | dict[str, int] | Exception] = field(default_factory=dict)
+    plain: dict[str, int | dict[str, int] | tuple[GpuReading, ...] | Exception] = field(
+        default_factory=dict)
     gres: dict[str, dict[str, set[str]] | Exception] = field(default_factory=dict)
     free: dict[tuple[str, str, str], list[tuple[str, int]]] = field(default_factory=dict)
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
-    async def plain_free_gpus(self, ssh: str, seconds: float) -> int | dict[str, int]:
+    async def plain_free_gpus(self, ssh: str,
+                              seconds: float) -> int | dict[str, int] | tuple[GpuReading, ...]:
         self.calls.append(("plain", ssh))
         value = self.plain.get(ssh, 0)
         if isinstance(value, Exception):
@@ -313,3 +319,86 @@ async def test_availability_checks_run_concurrently() -> None:
     res = await solve_or_raise(HardwareRequest("h100", 1), cfg, True, availability=src)
     assert src.peak == 10
     assert res.fallback and res.is_slurm
+
+
+def gpu(index: int, chip: str, *mib: int | None, util: int = 0,
+        claimed: bool = False) -> GpuReading:
+    """A reading as `SshAvailability` returns it (compute processes using `mib` MiB)."""
+    return GpuReading(index, f"GPU-{index:08x}-0000-4000-8000-00000000000{index}", chip, chip,
+                      utilization=util, claimed=claimed,
+                      processes=tuple(GpuProcess(1000 + i, m) for i, m in enumerate(mib)))
+
+
+BOX = [gpu(0, "a6000", 4), gpu(1, "a6000"), gpu(2, "h100", 60000)]
+LAB_ONLY = ["lab"]
+
+
+async def test_plain_result_names_the_free_gpus() -> None:
+    src = fake(plain={"box": tuple(BOX)})
+    res = await solve_or_raise(HardwareRequest("a6000", 1, preferred_clusters=LAB_ONLY),
+                               config(), True, availability=src)
+    assert res.host_name == "box" and res.result is not None
+    assert res.result.free_gpus == (GpuRef(0, BOX[0].uuid), GpuRef(1, BOX[1].uuid))
+    assert res.result.available == 2
+    # Without the check nothing was asked: no GPUs named.
+    res = await solve_or_raise(HardwareRequest("a6000", 1, preferred_clusters=LAB_ONLY),
+                               config(), availability=src)
+    assert res.result is not None and res.result.free_gpus == ()
+
+
+async def test_busy_gpus_are_named_in_the_rejection() -> None:
+    src = fake(plain={"box": (BOX[0], gpu(1, "a6000", 120, claimed=False), BOX[2])})
+    with pytest.raises(SolveError) as info:
+        await solve_or_raise(HardwareRequest("h100", 1, preferred_clusters=LAB_ONLY),
+                             config(), True, availability=src)
+    assert "box: only 0 of 1 h100 free (GPU 2: pid 1000 uses 60000 MiB)" in str(info.value)
+    with pytest.raises(SolveError) as info:
+        await solve_or_raise(HardwareRequest("a6000", 2, preferred_clusters=LAB_ONLY),
+                             config(), True, availability=src)
+    assert "box: only 1 of 2 a6000 free (GPU 1: pid 1000 uses 120 MiB)" in str(info.value)
+
+
+async def test_claimed_and_hidden_work_make_gpus_busy() -> None:
+    src = fake(plain={"box": (gpu(0, "a6000", claimed=True), gpu(1, "a6000", util=97),
+                              BOX[2])})
+    with pytest.raises(SolveError) as info:
+        await solve_or_raise(HardwareRequest("a6000", 1, preferred_clusters=LAB_ONLY),
+                             config(), True, availability=src)
+    msg = str(info.value)
+    assert "box: only 0 of 2 a6000 free (GPU 0: claimed by another dispatch session; " \
+           "GPU 1: utilization 97% with no process using >= 100 MiB listed)" in msg
+
+
+async def test_busy_thresholds_are_per_host() -> None:
+    lenient = PlainHostConfig("box", "lab", chips={"a6000": 2, "h100": 1},
+                              gpu_busy_mib=60001, gpu_busy_utilization=None)
+    cfg = config(hosts={**config().hosts, "box": lenient})
+    src = fake(plain={"box": (BOX[0], gpu(1, "a6000", util=97), BOX[2])})
+    res = await solve_or_raise(HardwareRequest("h100", 1, preferred_clusters=LAB_ONLY), cfg,
+                               True, availability=src)
+    assert res.result is not None and res.result.free_gpus == (GpuRef(2, BOX[2].uuid),)
+    res = await solve_or_raise(HardwareRequest("a6000", 2, preferred_clusters=LAB_ONLY), cfg,
+                               True, availability=src)
+    assert res.result is not None and [g.index for g in res.result.free_gpus] == [0, 1]
+
+
+async def test_no_gpu_listed_or_nvidia_smi_failing_means_none_available() -> None:
+    for plain, why in [((), "box: only 0 of 1 h100 free (nvidia-smi lists no h100)"),
+                       (DispatchError("no nvidia-smi on the login PATH"),
+                        "box: availability check failed: no nvidia-smi on the login PATH"),
+                       (DispatchError("cannot parse nvidia-smi output: unexpected line"),
+                        "box: availability check failed: cannot parse nvidia-smi output")]:
+        src = fake(plain={"box": plain})
+        with pytest.raises(SolveError) as info:
+            await solve_or_raise(HardwareRequest("h100", 1, preferred_clusters=LAB_ONLY),
+                                 config(), True, availability=src)
+        assert why in str(info.value)
+
+
+async def test_free_gpus_never_exceed_the_configured_count() -> None:
+    # The host has 3 idle a6000 but the config offers 2: two are named, in index order.
+    src = fake(plain={"box": (gpu(3, "a6000"), gpu(1, "a6000"), gpu(0, "a6000"))})
+    res = await solve_or_raise(HardwareRequest("a6000", 1, preferred_clusters=LAB_ONLY),
+                               config(), True, availability=src)
+    assert res.result is not None and [g.index for g in res.result.free_gpus] == [0, 1]
+    assert res.result.available == 2

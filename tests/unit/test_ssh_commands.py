@@ -13,11 +13,11 @@ import time
 
 import pytest
 
+from dispatch._validate import check_seconds
 from dispatch.errors import InvalidValueError
 from dispatch.results import RunResult, TunnelResult
 from dispatch.ssh.commands import (
     check_hosts,
-    check_timeout,
     command_string,
     kill_script,
     wrap_command,
@@ -164,13 +164,29 @@ async def test_named_ssh_config_that_does_not_exist_is_a_clear_error(
 @pytest.mark.parametrize("bad", [0, -1, -0.5, True, "10", float("nan")])
 def test_bad_timeouts_raise_naming_the_value(bad: object) -> None:
     with pytest.raises(InvalidValueError, match="timeout must be a positive number") as info:
-        check_timeout(bad)
+        check_seconds("timeout", bad, optional=True)
     assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, True, "10"])
+async def test_run_and_transfers_check_their_timeout_before_any_io(bad: object) -> None:
+    from dispatch.ssh import copy_from, run, run_many, write_file
+
+    calls = [
+        run("true", "nohost", timeout=bad),  # type: ignore[arg-type]
+        run_many("true", ["nohost"], timeout=bad),  # type: ignore[arg-type]
+        write_file("nohost", "/tmp/x", b"", timeout=bad),  # type: ignore[arg-type]
+        copy_from("nohost", "/tmp/x", "/tmp/y", timeout=bad),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(InvalidValueError) as info:
+            await call
+        assert str(info.value) == f"timeout must be a positive number of seconds, not {bad!r}"
 
 
 def test_good_timeouts_pass() -> None:
     for ok in (None, 1, 0.25, 3600):
-        check_timeout(ok)
+        check_seconds("timeout", ok, optional=True)
 
 
 @pytest.mark.parametrize("bad", ["plain", b"plain", None, 3, ["plain", None], {1: "a"}])

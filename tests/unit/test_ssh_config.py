@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from dispatch.ssh import config as sc
-from dispatch.ssh.config import HostSpec, parse_host, parse_host_aliases, read_host_aliases
+from dispatch.ssh import hosts
+from dispatch.ssh.config import (
+    HostSpec,
+    host_option,
+    parse_host,
+    parse_host_aliases,
+    read_host_aliases,
+)
 
 
 def test_aliases_in_file_order_without_patterns_or_duplicates() -> None:
@@ -56,7 +63,7 @@ def test_hosts_uses_dispatch_ssh_config(tmp_path: Path, monkeypatch: pytest.Monk
     cfg = tmp_path / "config"
     cfg.write_text("Host only-this\n")
     monkeypatch.setenv(sc.SSH_CONFIG_ENV, str(cfg))
-    assert sc.hosts() == ["only-this"]
+    assert hosts() == ["only-this"]
 
 
 @pytest.mark.parametrize(
@@ -90,7 +97,7 @@ def test_hosts_with_patterns_match_blocks_and_no_config(
 ) -> None:
     monkeypatch.delenv(sc.SSH_CONFIG_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert sc.hosts() == []  # no ~/.ssh/config: nothing, and no error
+    assert hosts() == []  # no ~/.ssh/config: nothing, and no error
     ssh = tmp_path / ".ssh"
     (ssh / "conf.d").mkdir(parents=True)
     (ssh / "conf.d" / "b.conf").write_text("Host inc2 inc1\n")
@@ -103,4 +110,26 @@ def test_hosts_with_patterns_match_blocks_and_no_config(
         "Host *.cluster gpu?\n"
         "Host bastion # the jump host\n    HostName b.example\n"
     )
-    assert sc.hosts() == ["inc1", "inc2", "login1", "login2", "bastion"]
+    assert hosts() == ["inc1", "inc2", "login1", "login2", "bastion"]
+
+
+def test_host_option_first_match_wins_like_openssh() -> None:
+    text = """
+Host gpu* !gpu-old
+    StrictHostKeyChecking accept-new
+Match host login
+    StrictHostKeyChecking no
+Host *
+    StrictHostKeyChecking yes
+"""
+    opt = "StrictHostKeyChecking"
+    assert host_option(text, "gpu1", opt) == "accept-new"
+    assert host_option(text, "GPU2", opt) == "accept-new"  # host names match case-blind
+    assert host_option(text, "gpu-old", opt) == "yes"  # negated pattern
+    assert host_option(text, "login", opt) == "yes"  # Match blocks are not evaluated
+    assert host_option("Host a\n  User x\n", "a", opt) is None
+    included = {"inc.conf": "Host b\n  StrictHostKeyChecking=no\n"}
+    top = "Include inc.conf\nHost *\n  StrictHostKeyChecking yes\n"
+    assert host_option(top, "b", opt, lambda p: [included[p]]) == "no"
+    assert host_option(top, "c", opt, lambda p: [included[p]]) == "yes"
+

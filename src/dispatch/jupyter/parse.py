@@ -19,6 +19,7 @@ __all__ = [
     "parse_jupyter_url",
     "parse_jupyter_log",
     "jupyter_failure",
+    "claim_failure",
     "parse_listener_pids",
     "parse_jpserver_pid",
     "parse_getent_hosts",
@@ -186,6 +187,27 @@ def jupyter_failure(text: str) -> str | None:
         for pattern in _FAILURE_RES:
             if pattern.search(body):
                 return line
+    return None
+
+
+#: How the GPU claim lines (`dispatch.placement.claim_gpus_script`) say they failed.
+_CLAIM_FAILURE = "dispatch: cannot claim"
+
+
+def claim_failure(text: str) -> str | None:
+    """Find why the bootstrap's GPU claim failed, in its log.
+
+    Args:
+        text: The log of a bootstrap that starts with GPU claim lines.
+
+    Returns:
+        The claim's own message without its `dispatch: ` prefix (for example `cannot claim
+        1 GPU(s): only 0 of 2 free GPU(s) unclaimed (...)`), or None when it says none.
+    """
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(_CLAIM_FAILURE):
+            return line[len("dispatch: "):]
     return None
 
 

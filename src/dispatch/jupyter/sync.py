@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidValueError, ShipError
-from ..ssh.transfer import write_file
+from ..ssh import write_file
 
 __all__ = ["FileSync", "SyncStats", "tracked_files"]
 

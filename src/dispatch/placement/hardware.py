@@ -1,7 +1,7 @@
 """Hardware vocabulary: chips, clusters, hardware requests and results, job identities.
 
 Pure values (frozen dataclasses validated in ``__post_init__``); no I/O here. The solver
-(`dispatch.solve`) turns a `HardwareRequest` into a `HardwareResult`.
+(`dispatch.placement.solve`) turns a `HardwareRequest` into a `HardwareResult`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+from .._validate import check_name, check_path
 from ..errors import InvalidValueError
+from ..slurm import JuiceFSMount
 
+# GpuRef (the type of HardwareResult.free_gpus) is not listed yet: listing it here would
+# add it to dispatch.aio's star import but not to dispatch's hand-written list.
 __all__ = [
     "Chip",
     "SUPPORTED_CHIPS",
@@ -106,18 +110,6 @@ def get_chip(chip: str | Chip) -> Chip:
     return found
 
 
-def _check_name(what: str, value: str) -> None:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise InvalidValueError(f"{what} must match [A-Za-z0-9][A-Za-z0-9._-]*: {value!r}")
-
-
-def _check_path(what: str, value: str | None) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value or "\n" in value or "\0" in value:
-        raise InvalidValueError(f"{what} must be a non-empty path: {value!r}")
-
-
 @dataclass(frozen=True)
 class Cluster:
     """A named set of machines sharing paths: code root, work dir, logs, shared storage.
@@ -135,13 +127,13 @@ class Cluster:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        _check_name("cluster name", self.name)
+        check_name("cluster name", self.name)
         for what in ("root", "work"):
-            _check_path(f"cluster {self.name!r} {what}", getattr(self, what))
+            check_path(f"cluster {self.name!r} {what}", getattr(self, what))
         if not self.log:
             object.__setattr__(self, "log", f"{self.work.rstrip('/') or '/'}/logs")
         for what in ("log", "share", "cache_dir"):
-            _check_path(f"cluster {self.name!r} {what}", getattr(self, what))
+            check_path(f"cluster {self.name!r} {what}", getattr(self, what))
 
     @property
     def log_dir(self) -> str:
@@ -231,12 +223,36 @@ class HardwareRequest:
         return what + (f" ({'; '.join(extra)})" if extra else "")
 
 
+#: What nvidia-smi prints as a GPU's (or MIG instance's) UUID; safe in file names and shells.
+GPU_UUID_RE = re.compile(r"^(GPU|MIG)-[A-Za-z0-9-]+$")
+
+
+@dataclass(frozen=True)
+class GpuRef:
+    """One GPU of a plain host, as nvidia-smi names it: its index and its UUID.
+
+    The UUID is what to pin work to (``CUDA_VISIBLE_DEVICES=GPU-...``): indices can be
+    renumbered by ``CUDA_DEVICE_ORDER``; the UUID cannot.
+    """
+
+    index: int
+    uuid: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise InvalidValueError(f"GPU index must be an int >= 0, got {self.index!r}")
+        if not isinstance(self.uuid, str) or not GPU_UUID_RE.match(self.uuid):
+            raise InvalidValueError(f"GPU uuid must look like GPU-<hex>-..., got {self.uuid!r}")
+
+
 @dataclass(frozen=True)
 class HardwareResult:
     """Where a request was placed: host, chip and count, cluster, SLURM partition.
 
     ``gres_type`` is the SLURM GRES type to ask for (from ``gres_mapping``); ``available``
-    is the live free count when availability was checked (None otherwise).
+    is the live free count when availability was checked (None otherwise). ``free_gpus``
+    lists, for a plain host checked live, every GPU of ``chip`` found free (index order):
+    pin the work to ``count`` of them (empty when not checked, or on SLURM).
     """
 
     host: str
@@ -249,41 +265,12 @@ class HardwareResult:
     gres_type: str | None = None
     available: int | None = None
     interactive: bool = False
+    free_gpus: tuple[GpuRef, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         if self.count < 0:
             raise InvalidValueError(f"count must be >= 0, got {self.count}")
-
-
-_REDIS_PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@]*@")
-
-
-@dataclass(frozen=True)
-class JuiceFSMount:
-    """A JuiceFS file system to mount for a job; ``redis_url`` may carry a password."""
-
-    redis_url: str = field(repr=False)
-    mount_point: str
-    cache_dir: str | None = None
-    cache_size: str | None = None
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.redis_url, str) or not self.redis_url.strip():
-            raise InvalidValueError("JuiceFSMount.redis_url must be a non-empty string")
-        _check_path("JuiceFSMount.mount_point", self.mount_point)
-        _check_path("JuiceFSMount.cache_dir", self.cache_dir)
-
-    @property
-    def redacted_url(self) -> str:
-        """``redis_url`` with any password replaced by ``***`` (safe to log)."""
-        return _REDIS_PASSWORD_RE.sub(r"\1***@", self.redis_url)
-
-    def __repr__(self) -> str:
-        return (
-            f"JuiceFSMount(redis_url={self.redacted_url!r}, mount_point={self.mount_point!r}, "
-            f"cache_dir={self.cache_dir!r}, cache_size={self.cache_size!r}, name={self.name!r})"
-        )
+        object.__setattr__(self, "free_gpus", tuple(self.free_gpus))
 
 
 def _new_id() -> str:
@@ -304,12 +291,12 @@ class JobSpec:
     group: str | None = None
 
     def __post_init__(self) -> None:
-        _check_name("JobSpec.name", self.name)
-        _check_name("JobSpec.id", self.id)
+        check_name("JobSpec.name", self.name)
+        check_name("JobSpec.id", self.id)
         if self.project is not None:
-            _check_name("JobSpec.project", self.project)
+            check_name("JobSpec.project", self.project)
         if self.group is not None:
-            _check_name("JobSpec.group", self.group)
+            check_name("JobSpec.group", self.group)
 
     @property
     def full_name(self) -> str:

@@ -1,7 +1,7 @@
 """Pure parsers for ``nvidia-smi`` CSV output: GPU names to chips, busy GPUs.
 
 All functions take the text printed by ``nvidia-smi ... --format=csv,noheader,nounits``
-and return values; the SSH calls live in `dispatch.discover` and `dispatch.solve`.
+and return values; the SSH calls live in `dispatch.placement.probe`.
 """
 
 from __future__ import annotations
@@ -10,35 +10,41 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .hardware import SUPPORTED_CHIPS, Chip
+from ..errors import InvalidValueError
+from .hardware import GPU_UUID_RE, SUPPORTED_CHIPS, Chip, GpuRef
 
 __all__ = [
     "GPU_NAME_QUERY",
-    "GPU_UUID_QUERY",
+    "GPU_INVENTORY_QUERY",
     "COMPUTE_APPS_QUERY",
-    "BUSY_FRACTION",
+    "DEFAULT_BUSY_MIB",
+    "DEFAULT_BUSY_UTILIZATION",
     "GpuInfo",
     "DiscoveredChips",
+    "GpuReading",
+    "BusyRule",
     "chip_for_gpu",
     "parse_gpu_names",
     "count_chips",
-    "parse_gpu_memory",
-    "parse_compute_apps",
-    "free_gpu_count",
+    "parse_compute_processes",
+    "parse_gpu_readings",
+    "busy_reason",
     "free_gpus_by_chip",
-    "GPU_INVENTORY_QUERY",
 ]
 
 #: Arguments of the queries run on hosts (after ``nvidia-smi``).
 GPU_NAME_QUERY = ["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
-GPU_UUID_QUERY = ["--query-gpu=uuid,memory.total", "--format=csv,noheader,nounits"]
 GPU_INVENTORY_QUERY = ["--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
                        "--format=csv,noheader,nounits"]
-COMPUTE_APPS_QUERY = ["--query-compute-apps=gpu_uuid,used_memory", "--format=csv,noheader,nounits"]
+COMPUTE_APPS_QUERY = ["--query-compute-apps=gpu_uuid,pid,used_memory",
+                      "--format=csv,noheader,nounits"]
 
-#: A GPU is busy when its compute processes use at least this fraction of its memory.
-BUSY_FRACTION = 0.10
-
+#: A compute process using at least this many MiB makes its GPU busy (a CUDA context
+#: alone is 300-500 MiB; display servers use a few MiB).
+DEFAULT_BUSY_MIB = 100
+#: A GPU at least this busy (``utilization.gpu``, %) is busy even with no process listed
+#: (processes in other containers are invisible to nvidia-smi; utilization is not).
+DEFAULT_BUSY_UTILIZATION = 90
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -54,6 +60,60 @@ class DiscoveredChips:
 
     chips: dict[str, int] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """One line of ``--query-compute-apps``: the pid and MiB used (None: N/A or missing)."""
+
+    pid: int | None
+    used_mib: int | None
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU as a plain host reported it: identity, chip, utilization, compute processes.
+
+    ``chip`` is the chip name (the raw GPU name when no rule knows it); ``claimed`` is set
+    by the probe when a dispatch session on the host holds the GPU's claim lock.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    chip: str
+    memory_total_mib: int | None = None
+    utilization: int | None = None
+    processes: tuple[GpuProcess, ...] = ()
+    claimed: bool = False
+
+    @property
+    def ref(self) -> GpuRef:
+        """The GPU's index and UUID."""
+        return GpuRef(self.index, self.uuid)
+
+
+@dataclass(frozen=True)
+class BusyRule:
+    """When a GPU counts as busy (per plain host: ``gpu_busy_mib``, ``gpu_busy_utilization``).
+
+    Busy when any compute process uses at least ``process_mib`` MiB, or when
+    ``utilization.gpu`` is at least ``utilization`` % (None: never by utilization), or when
+    another dispatch session claimed it. A process whose memory reads 0, N/A or nothing
+    does not make it busy.
+    """
+
+    process_mib: int = DEFAULT_BUSY_MIB
+    utilization: int | None = DEFAULT_BUSY_UTILIZATION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.process_mib, bool) or not isinstance(self.process_mib, int) \
+                or self.process_mib < 1:
+            raise InvalidValueError(f"gpu_busy_mib must be an int >= 1, got {self.process_mib!r}")
+        u = self.utilization
+        if u is not None and (isinstance(u, bool) or not isinstance(u, int)
+                              or not 1 <= u <= 100):
+            raise InvalidValueError(f"gpu_busy_utilization must be an int 1-100 or null, got {u!r}")
 
 
 def _a100(memory_mib: int | None) -> Chip:
@@ -161,98 +221,107 @@ def count_chips(text: str) -> DiscoveredChips:
     return DiscoveredChips(chips, unknown)
 
 
-def parse_gpu_memory(text: str) -> dict[str, int]:
-    """Parse `--query-gpu=uuid,memory.total`: uuid -> total MiB (N/A rows read as 0).
+
+
+def parse_compute_processes(text: str) -> dict[str, list[GpuProcess]]:
+    """Parse `COMPUTE_APPS_QUERY` output (`gpu_uuid, pid, used_memory` per process).
+
+    A missing or unreadable pid or memory (`[N/A]`, `[Not Supported]`, an empty or absent
+    column) reads as None.
 
     Args:
         text: nvidia-smi's CSV output without header.
 
     Returns:
-        GPU uuid -> total memory in MiB.
+        GPU uuid -> its compute processes, in output order.
 
     Raises:
-        ValueError: A line has fewer than two fields.
+        ValueError: A line does not start with a GPU uuid (not what this query prints).
     """
-    out: dict[str, int] = {}
+    out: dict[str, list[GpuProcess]] = {}
     for row in _rows(text):
-        if len(row) < 2:
-            raise ValueError(f"unexpected nvidia-smi line (want 'uuid, memory'): {row!r}")
-        out[row[0]] = _int_or_none(row[1]) or 0
+        if not GPU_UUID_RE.match(row[0]):
+            raise ValueError(f"unexpected nvidia-smi line (want 'gpu_uuid, pid, "
+                             f"used_memory'): {', '.join(row)!r}")
+        pid = _int_or_none(row[1]) if len(row) > 1 else None
+        used = _int_or_none(row[2]) if len(row) > 2 else None
+        out.setdefault(row[0], []).append(GpuProcess(pid, used))
     return out
 
 
-def parse_compute_apps(text: str) -> dict[str, int]:
-    """Parse `--query-compute-apps=gpu_uuid,used_memory`: uuid -> MiB used by all apps.
-
-    Also accepts the three-column `gpu_uuid,pid,used_memory` form (memory is last).
+def parse_gpu_readings(inventory_text: str, apps_text: str) -> list[GpuReading]:
+    """Join `GPU_INVENTORY_QUERY` and `COMPUTE_APPS_QUERY` output into one reading per GPU.
 
     Args:
-        text: nvidia-smi's CSV output without header.
+        inventory_text: `index, uuid, name, memory.total, memory.used, utilization.gpu`
+            per line (a name may contain commas).
+        apps_text: `gpu_uuid, pid, used_memory` per compute process.
 
     Returns:
-        GPU uuid -> memory in MiB used by its compute processes together.
+        One `GpuReading` per inventory line, in nvidia-smi's order.
 
     Raises:
-        ValueError: A line has fewer than two fields.
+        ValueError: A line cannot be parsed (too few fields, no index, no GPU uuid).
     """
-    used: dict[str, int] = {}
-    for row in _rows(text):
-        if len(row) < 2:
-            raise ValueError(f"unexpected nvidia-smi line (want 'uuid, used'): {row!r}")
-        used[row[0]] = used.get(row[0], 0) + (_int_or_none(row[-1]) or 0)
-    return used
+    apps = parse_compute_processes(apps_text)
+    out: list[GpuReading] = []
+    for row in _rows(inventory_text):
+        if len(row) < 6 or not row[0].isdigit() or not GPU_UUID_RE.match(row[1]):
+            raise ValueError(f"unexpected nvidia-smi line (want 'index, uuid, name, "
+                             f"memory.total, memory.used, utilization'): {row!r}")
+        name, total = ", ".join(row[2:-3]), _int_or_none(row[-3])
+        chip = chip_for_gpu(name, total)
+        out.append(GpuReading(
+            index=int(row[0]), uuid=row[1], name=name,
+            chip=chip.name if chip is not None else name, memory_total_mib=total,
+            utilization=_int_or_none(row[-1]), processes=tuple(apps.get(row[1], ()))))
+    return out
 
 
-def free_gpu_count(gpu_memory: dict[str, int], used: dict[str, int],
-                   busy_fraction: float = BUSY_FRACTION) -> int:
-    """Count GPUs whose compute processes use less than `busy_fraction` of their memory.
+def busy_reason(gpu: GpuReading, rule: BusyRule = BusyRule()) -> str | None:
+    """Why a GPU is busy under `rule`, or None when it is free.
 
     Args:
-        gpu_memory: GPU uuid -> total MiB (see `parse_gpu_memory`).
-        used: GPU uuid -> MiB in use (see `parse_compute_apps`).
-        busy_fraction: Share of a GPU's memory in use from which it counts as busy.
+        gpu: The GPU's reading.
+        rule: The host's thresholds.
 
     Returns:
-        The number of free GPUs (a GPU of unknown size is free only when nothing uses it).
+        A short reason (`pid 432 uses 20998 MiB`), or None.
     """
-    free = 0
-    for uuid, total in gpu_memory.items():
-        in_use = used.get(uuid, 0)
-        if total <= 0:
-            if in_use == 0:
-                free += 1
-            continue
-        if in_use < busy_fraction * total:
-            free += 1
-    return free
+    if gpu.claimed:
+        return "claimed by another dispatch session"
+    heavy = sorted((p for p in gpu.processes
+                    if p.used_mib is not None and p.used_mib >= rule.process_mib),
+                   key=lambda p: -(p.used_mib or 0))
+    if heavy:
+        top = heavy[0]
+        who = f"pid {top.pid}" if top.pid is not None else "a process"
+        more = f" (+{len(heavy) - 1} more)" if len(heavy) > 1 else ""
+        return f"{who} uses {top.used_mib} MiB{more}"
+    if rule.utilization is not None and gpu.utilization is not None \
+            and gpu.utilization >= rule.utilization:
+        return (f"utilization {gpu.utilization}% with no process using "
+                f">= {rule.process_mib} MiB listed")
+    return None
 
 
 def free_gpus_by_chip(inventory_text: str, apps_text: str,
-                      busy_fraction: float = BUSY_FRACTION) -> dict[str, int]:
-    """Free GPUs per chip on a host with several kinds (a busy H100 must not count as free
-    because an A6000 next to it is idle).
+                      rule: BusyRule = BusyRule()) -> dict[str, int]:
+    """Free GPUs per chip (a busy H100 does not count as free because an A6000 is idle).
 
     Args:
-        inventory_text: `GPU_INVENTORY_QUERY` output
-            (`index, uuid, name, memory.total, memory.used, utilization.gpu` per line).
-        apps_text: `COMPUTE_APPS_QUERY` output (see `parse_compute_apps`).
-        busy_fraction: Share of a GPU's memory in use from which it counts as busy.
+        inventory_text: `GPU_INVENTORY_QUERY` output (see `parse_gpu_readings`).
+        apps_text: `COMPUTE_APPS_QUERY` output.
+        rule: When a GPU is busy.
 
     Returns:
         Chip name (the raw GPU name when no rule recognises it) -> free GPUs of it; every
         chip present is a key, with 0 when all of them are busy.
 
     Raises:
-        ValueError: A line has fewer than six fields.
+        ValueError: A line cannot be parsed.
     """
-    used = parse_compute_apps(apps_text)
     out: dict[str, int] = {}
-    for row in _rows(inventory_text):
-        if len(row) < 6:
-            raise ValueError(f"unexpected nvidia-smi line (want 'index, uuid, name, "
-                             f"memory.total, memory.used, utilization'): {row!r}")
-        uuid, name, total = row[1], ", ".join(row[2:-3]), _int_or_none(row[-3]) or 0
-        chip = chip_for_gpu(name, total or None)
-        key = chip.name if chip is not None else name
-        out[key] = out.get(key, 0) + free_gpu_count({uuid: total}, used, busy_fraction)
+    for gpu in parse_gpu_readings(inventory_text, apps_text):
+        out[gpu.chip] = out.get(gpu.chip, 0) + (busy_reason(gpu, rule) is None)
     return out

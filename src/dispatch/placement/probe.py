@@ -1,42 +1,97 @@
-"""Discover what a host offers: GPUs via ``nvidia-smi``, SLURM partitions via ``sinfo``.
+"""Ask hosts what they have and what is free: nvidia-smi on plain hosts, sinfo on SLURM.
 
+The solver (`dispatch.placement.solve`) takes its live facts from an `AvailabilitySource`;
+`SshAvailability` is the real one. ``discover_*`` read a host's hardware for a config.
 Unknown GPUs are not dropped silently: each is logged as a WARNING naming the host and
-the GPU, and ``strict=True`` turns them into an error. The pure parsing is in
-`dispatch.gpu` and `parse_sinfo_partitions` here.
+the GPU, and ``strict=True`` turns them into an error. The parsing is pure and lives in
+`dispatch.placement.nvidia_smi` and `dispatch.slurm.parse`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence, Set
+from typing import Protocol
 
 from ..errors import DispatchError
-from .nvidia_smi import GPU_NAME_QUERY, count_chips
-
-if TYPE_CHECKING:
-    from ..results import RunResult
-    from .config import PartitionConfig
+from ..results import RunResult
+from ..slurm import (
+    SINFO_PARTITION_GRES_ARGS,
+    SlurmJob,
+    StartEstimate,
+    available_gpus,
+    estimate_start,
+    parse_sinfo_gres_counts,
+)
+from ..ssh import run
+from .claims import held_claims_command, parse_held_claims
+from .models import PartitionConfig
+from .nvidia_smi import (
+    COMPUTE_APPS_QUERY,
+    GPU_INVENTORY_QUERY,
+    GPU_NAME_QUERY,
+    GpuReading,
+    count_chips,
+    parse_gpu_readings,
+)
 
 __all__ = [
+    "AvailabilitySource",
+    "GresTable",
+    "PlainGpus",
+    "SshAvailability",
+    "StartSource",
     "discover_plain_host",
     "discover_slurm_partitions",
-    "parse_sinfo_partitions",
-    "parse_sinfo_gres",
-    "parse_sinfo_gres_counts",
-    "SINFO_PARTITION_GRES_ARGS",
+    "partition_configs_from_sinfo",
+    "plain_readings",
 ]
 
 log = logging.getLogger(__name__)
 
-#: ``sinfo`` arguments printing ``partition|gres`` per line (default partition has a ``*``).
-SINFO_PARTITION_GRES_ARGS = ["sinfo", "--noheader", "--format=%P|%G"]
+#: Partition -> GRES types (a set) or GRES type -> most of it on one node (a mapping).
+GresTable = Mapping[str, Mapping[str, int] | Set[str]]
+#: What a plain host's GPUs are doing: one reading per GPU (the solver applies the host's
+#: busy rule and learns which GPUs are free), or free counts decided elsewhere (per chip
+#: name, or one number for all its GPUs; simulations and tests).
+PlainGpus = Sequence[GpuReading] | Mapping[str, int] | int
 
 
-async def _run(cmd: str | list[str], host: str, timeout: float | None) -> RunResult:
+class AvailabilitySource(Protocol):
+    """Where the solver's facts about live hosts come from (SSH by default; fakes in tests)."""
+
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> PlainGpus:
+        """What a plain host's GPUs are doing (see `PlainGpus`); raise DispatchError
+        if it cannot tell (then none of its GPUs is available)."""
+        ...
+
+    async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
+        """Partition -> GPU GRES types its nodes carry, on a SLURM host.
+
+        Either a set of types, or a mapping type -> most GPUs of it on one node (0: not
+        known); with counts, partitions whose nodes are too small are rejected.
+        """
+        ...
+
+    async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
+                              seconds: float) -> list[tuple[str, int]]:
+        """(node, free GPUs of ``gres_type``) in a partition, most free first."""
+        ...
+
+
+class StartSource(Protocol):
+    """Where the solver's start-time estimates come from (``rank="earliest_start"``)."""
+
+    async def slurm_start(self, ssh: str, partition: str, gres_type: str, count: int,
+                          seconds: float) -> StartEstimate:
+        """When Slurm would start a ``count``-GPU job of ``gres_type`` in a partition."""
+        ...
+
+
+async def _query(cmd: str | list[str], host: str, timeout: float | None) -> RunResult:
     # Read-only queries: one retry when the connection broke is safe.
-    from ..ssh.commands import run
-
     return await run(cmd, host, timeout=timeout, retries=1)
 
 
@@ -47,6 +102,134 @@ def _nvidia_smi_argv(nvidia_smi: str, args: list[str]) -> str:
     else:
         exe = shlex.quote(nvidia_smi)
     return " ".join([exe, *(shlex.quote(a) for a in args)])
+
+
+def _failure(what: str, result: RunResult, limit: int = 300) -> str:
+    detail = (result.stderr or result.stdout).strip()[:limit]
+    return f"{what} failed (exit {result.returncode}): {detail}"
+
+
+_APPS_MARK = "--dispatch-compute-apps--"
+_CLAIMS_MARK = "--dispatch-gpu-claims--"
+
+
+def plain_readings(result: RunResult) -> tuple[GpuReading, ...]:
+    """Read `SshAvailability.plain_command`'s result: one reading per GPU, claims marked.
+
+    Args:
+        result: The command's result.
+
+    Returns:
+        The GPUs nvidia-smi listed, in its order (empty when it listed none).
+
+    Raises:
+        DispatchError: nvidia-smi is missing (exit 127), failed, or printed something
+            unparseable; the message says which, with nvidia-smi's own words.
+    """
+    if result.returncode == 127:
+        raise DispatchError("no nvidia-smi on the login PATH")
+    if not result.ok or _CLAIMS_MARK not in result.stdout:
+        raise DispatchError(_failure("nvidia-smi", result))
+    gpus_text, _, rest = result.stdout.partition(_APPS_MARK)
+    apps_text, _, claims_text = rest.partition(_CLAIMS_MARK)
+    try:
+        readings = parse_gpu_readings(gpus_text, apps_text)
+    except ValueError as exc:
+        raise DispatchError(f"cannot parse nvidia-smi output: {exc}") from exc
+    held = parse_held_claims(claims_text)
+    return tuple(dataclasses.replace(r, claimed=True) if r.uuid in held else r
+                 for r in readings)
+
+
+class SshAvailability:
+    """The real `AvailabilitySource`: nvidia-smi on plain hosts, sinfo on SLURM.
+
+    Args:
+        nvidia_smi: The nvidia-smi executable on plain hosts (a leading `~/` is expanded
+            by the remote shell).
+    """
+
+    def __init__(self, nvidia_smi: str = "nvidia-smi") -> None:
+        self.nvidia_smi = nvidia_smi
+
+    def plain_command(self) -> str:
+        """The one command asking a plain host about its GPUs: the GPUs, their compute
+        processes, and the GPU claims of dispatch sessions, between marker lines.
+
+        Returns:
+            A shell command line.
+        """
+        return (f"{_nvidia_smi_argv(self.nvidia_smi, GPU_INVENTORY_QUERY)} && "
+                f"echo {_APPS_MARK} && {_nvidia_smi_argv(self.nvidia_smi, COMPUTE_APPS_QUERY)}"
+                f" && echo {_CLAIMS_MARK} && {held_claims_command()}")
+
+    async def plain_free_gpus(self, ssh: str, seconds: float) -> tuple[GpuReading, ...]:
+        """Every GPU of a plain host with its compute processes and claim (one round trip).
+
+        Args:
+            ssh: SSH alias of the host.
+            seconds: Seconds allowed for the SSH command.
+
+        Returns:
+            One reading per GPU, `claimed` set for GPUs another dispatch session holds.
+
+        Raises:
+            DispatchError: nvidia-smi is missing, failed, or printed something unparseable.
+        """
+        result = await _query(self.plain_command(), ssh, seconds)
+        return plain_readings(result)
+
+    async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
+        """Partition -> GPU GRES type -> most of it on one node, from one sinfo call.
+
+        Args:
+            ssh: SSH alias of the SLURM login host.
+            seconds: Seconds allowed for the SSH command.
+
+        Returns:
+            See `dispatch.slurm.parse.parse_sinfo_gres_counts`.
+
+        Raises:
+            DispatchError: sinfo failed (with its stderr).
+        """
+        result = await _query(SINFO_PARTITION_GRES_ARGS, ssh, seconds)
+        if not result.ok:
+            raise DispatchError(_failure("sinfo", result))
+        return parse_sinfo_gres_counts(result.stdout)
+
+    async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
+                              seconds: float) -> list[tuple[str, int]]:
+        """Nodes of a partition with their free GPUs of a GRES type (`available_gpus`).
+
+        Args:
+            ssh: SSH alias of the SLURM login host.
+            partition: Partition name.
+            gres_type: GRES type ("" for untyped GPUs: any).
+            seconds: Seconds allowed for the SSH command.
+
+        Returns:
+            `(node, free GPUs)` tuples, most free first.
+        """
+        return await available_gpus(partition, ssh, gres_type or None, timeout=seconds)
+
+    async def slurm_start(self, ssh: str, partition: str, gres_type: str, count: int,
+                          seconds: float) -> StartEstimate:
+        """When and where Slurm would start a one-node job of ``count`` GPUs
+        (``sbatch --test-only``; nothing is queued).
+
+        Args:
+            ssh: SSH alias of the SLURM login host.
+            partition: Partition name.
+            gres_type: GRES type ("" for untyped GPUs).
+            count: GPUs on the node.
+            seconds: Seconds allowed for the SSH command.
+
+        Returns:
+            Slurm's estimate (`estimate_start`).
+        """
+        job = SlurmJob(name="dispatch-estimate", command="true", partition=partition,
+                       gpus=count, gpu_type=gres_type or None)
+        return await estimate_start(job, ssh, timeout=seconds)
 
 
 async def discover_plain_host(ssh_alias: str, timeout: float = 30.0, *,
@@ -72,15 +255,12 @@ async def discover_plain_host(ssh_alias: str, timeout: float = 30.0, *,
             could not be parsed, or (with `strict`) a GPU is unknown.
     """
     cmd = _nvidia_smi_argv(nvidia_smi, GPU_NAME_QUERY)
-    result = await _run(cmd, ssh_alias, timeout)
+    result = await _query(cmd, ssh_alias, timeout)
     if result.returncode == 127:
         log.info("%s: no nvidia-smi on the login PATH; no GPUs", ssh_alias)
         return {}
     if not result.ok:
-        raise DispatchError(
-            f"{ssh_alias}: nvidia-smi failed (exit {result.returncode}): "
-            f"{(result.stderr or result.stdout).strip()[:500]}"
-        )
+        raise DispatchError(f"{ssh_alias}: {_failure('nvidia-smi', result, 500)}")
     try:
         found = count_chips(result.stdout)
     except ValueError as exc:
@@ -96,10 +276,12 @@ async def discover_plain_host(ssh_alias: str, timeout: float = 30.0, *,
     return found.chips
 
 
-def parse_sinfo_partitions(text: str) -> list[PartitionConfig]:
+def partition_configs_from_sinfo(text: str) -> list[PartitionConfig]:
     """Parse `sinfo -h -o %P` (or `%P|...`) lines: one PartitionConfig per partition.
 
     sinfo prints a partition once per node-state group; the default one ends with `*`.
+    (`dispatch.slurm.parse.parse_sinfo_partitions` reads a richer format into
+    `PartitionInfo`; this one builds config entries.)
 
     Args:
         text: sinfo's standard output.
@@ -107,8 +289,6 @@ def parse_sinfo_partitions(text: str) -> list[PartitionConfig]:
     Returns:
         One `PartitionConfig` per distinct partition, first-seen order.
     """
-    from .config import PartitionConfig
-
     seen: dict[str, bool] = {}
     for line in text.splitlines():
         name = line.split("|", 1)[0].strip()
@@ -118,72 +298,6 @@ def parse_sinfo_partitions(text: str) -> list[PartitionConfig]:
         name = name.rstrip("*")
         seen[name] = seen.get(name, False) or default
     return [PartitionConfig(name=n, default=d) for n, d in seen.items()]
-
-
-def parse_sinfo_gres(text: str) -> dict[str, set[str]]:
-    """Parse `sinfo -h -o '%P|%G'`: partition -> GPU GRES types its nodes carry.
-
-    `gpu:h100:4(S:0-1)` gives `h100`; an untyped `gpu:4` gives `""`; `(null)` gives nothing.
-
-    Args:
-        text: sinfo's standard output.
-
-    Returns:
-        Partition name -> set of GPU GRES types.
-    """
-    return {part: set(types) for part, types in parse_sinfo_gres_counts(text).items()}
-
-
-def parse_sinfo_gres_counts(text: str) -> dict[str, dict[str, int]]:
-    """Parse `sinfo -h -o '%P|%G'`: partition -> GPU GRES type -> most GPUs on one node.
-
-    Like `parse_sinfo_gres`, with the largest per-node count seen for each type (sinfo
-    prints one line per distinct GRES, so a mixed partition has several lines); 0 when
-    the count cannot be read.
-
-    Args:
-        text: sinfo's standard output.
-
-    Returns:
-        Partition name -> {GPU GRES type: most of it on one node}.
-    """
-    out: dict[str, dict[str, int]] = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        part, gres = line.split("|", 1)
-        part = part.strip().rstrip("*")
-        if not part:
-            continue
-        types = out.setdefault(part, {})
-        for item in _split_gres(gres.strip()):
-            fields = item.split("(", 1)[0].split(":")
-            if fields[0] != "gpu":
-                continue
-            if len(fields) >= 3 or (len(fields) == 2 and not fields[1].isdigit()):
-                kind, count = fields[1], fields[2] if len(fields) >= 3 else ""
-            else:
-                kind, count = "", fields[1] if len(fields) == 2 else ""
-            n = int(count) if count.isdigit() else 0
-            types[kind] = max(types.get(kind, 0), n)
-    return out
-
-
-def _split_gres(gres: str) -> list[str]:
-    # Split on commas outside parentheses: "gpu:a:2(S:0,1),gpu:b:1".
-    items, depth, cur = [], 0, ""
-    for ch in gres:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            items.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    items.append(cur)
-    return [i.strip() for i in items if i.strip() and i.strip() != "(null)"]
 
 
 async def discover_slurm_partitions(ssh_alias: str,
@@ -204,10 +318,7 @@ async def discover_slurm_partitions(ssh_alias: str,
     Raises:
         DispatchError: sinfo could not be run (with its stderr).
     """
-    result = await _run(["sinfo", "--noheader", "--format=%P"], ssh_alias, timeout)
+    result = await _query(["sinfo", "--noheader", "--format=%P"], ssh_alias, timeout)
     if not result.ok:
-        raise DispatchError(
-            f"{ssh_alias}: sinfo failed (exit {result.returncode}): "
-            f"{(result.stderr or result.stdout).strip()[:500]}"
-        )
-    return parse_sinfo_partitions(result.stdout)
+        raise DispatchError(f"{ssh_alias}: {_failure('sinfo', result, 500)}")
+    return partition_configs_from_sinfo(result.stdout)

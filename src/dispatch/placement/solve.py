@@ -10,8 +10,13 @@ Rules, in order:
   first ``cpu_partitions`` entry.
 - A plain host satisfies a GPU request when its configured count of the chip is at least
   ``min_chips``; with ``check_availability``, when that many of its GPUs *of that chip*
-  are free (a GPU is busy when its compute processes use >= 10 % of its memory; on a host
-  with several kinds, an idle A6000 does not make a busy H100 free).
+  are free (on a host with several kinds, an idle A6000 does not make a busy H100 free).
+  A GPU is busy when one of its compute processes uses >= ``gpu_busy_mib`` MiB (default
+  100; 0 MiB, N/A or no memory reading does not count), when its utilization is >=
+  ``gpu_busy_utilization`` % (default 90; None turns it off), or when another dispatch
+  session claimed it (`dispatch.placement.claims`). When nvidia-smi is missing, fails or
+  prints something unparseable, none of the host's GPUs is available (the rejection says
+  why). The result's ``free_gpus`` names the free GPUs of the chosen chip.
 - A SLURM host needs the chip in ``gres_mapping``, must allow that many in its ``chips``
   limits (when set), and needs a partition (configured ones, default first; all of
   sinfo's when none are configured) whose nodes carry that GRES type, at least
@@ -22,6 +27,11 @@ Rules, in order:
   is the caller's choice: ``SlurmJob(nodes=N, gpus_per_node=K)``).
 - When nothing satisfies the request, the SLURM host with the most available chips of
   the kind is chosen (the job will queue there).
+- ``rank="earliest_start"`` ranks instead by when the work would start: each candidate
+  SLURM partition is asked ``sbatch --test-only`` (Slurm's own plan, nothing queued), a
+  plain host that can take the request starts now, and the earliest start wins (ties in
+  solver order). ``SolveResult.start`` holds the winner's estimate. The default,
+  ``rank="free_now"``, is the first-fit order above.
 
 Plain hosts need no I/O unless ``check_availability``; each SLURM host is asked once
 (``sinfo -o %P|%G``) which partitions carry which GRES, even without it. All I/O for all
@@ -33,17 +43,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import timedelta
+from typing import Literal, cast
 
-from ..errors import DispatchError, SolveError
-from .config import DispatchConfig, PlainHostConfig, RemoteInventory, SlurmHostConfig
-from .hardware import SUPPORTED_CHIPS, Chip, HardwareRequest, HardwareResult
-from .nvidia_smi import COMPUTE_APPS_QUERY, GPU_INVENTORY_QUERY, free_gpus_by_chip
+from ..errors import InvalidValueError, SolveError
+from ..slurm import StartEstimate
+from .hardware import SUPPORTED_CHIPS, Chip, GpuRef, HardwareRequest, HardwareResult
+from .inventory import RemoteInventory
+from .models import DispatchConfig, PlainHostConfig, SlurmHostConfig
+from .nvidia_smi import BusyRule, busy_reason
+from .probe import AvailabilitySource, GresTable, PlainGpus, SshAvailability, StartSource
 
-__all__ = ["SolveResult", "solve_or_raise"]
+__all__ = ["SolveResult", "solve_or_raise", "Rank", "RANKS"]
+
+#: How the solver ranks hosts that can take a request: the first that has the GPUs free
+#: now (config order), or the earliest start Slurm estimates.
+Rank = Literal["free_now", "earliest_start"]
+RANKS: tuple[str, ...] = ("free_now", "earliest_start")
 
 log = logging.getLogger(__name__)
 
@@ -63,91 +81,60 @@ class SolveResult:
     partition: str | None
     rejections: dict[str, str] = field(default_factory=dict, kw_only=True)
     fallback: bool = field(default=False, kw_only=True)
-
-
-#: Partition -> GRES types (a set) or GRES type -> most of it on one node (a mapping).
-GresTable = Mapping[str, Mapping[str, int] | Set[str]]
-
-
-class AvailabilitySource(Protocol):
-    """Where the solver's facts about live hosts come from (SSH by default; fakes in tests)."""
-
-    async def plain_free_gpus(self, ssh: str, seconds: float) -> int | Mapping[str, int]:
-        """Free GPUs on a plain host: per chip name (or one number for all its GPUs);
-        raise DispatchError if it cannot tell."""
-        ...
-
-    async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
-        """Partition -> GPU GRES types its nodes carry, on a SLURM host.
-
-        Either a set of types, or a mapping type -> most GPUs of it on one node (0: not
-        known); with counts, partitions whose nodes are too small are rejected.
-        """
-        ...
-
-    async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
-                              seconds: float) -> list[tuple[str, int]]:
-        """(node, free GPUs of ``gres_type``) in a partition, most free first."""
-        ...
-
-
-_MARK = "--dispatch-compute-apps--"
-
-
-class SshAvailability:
-    """The real `AvailabilitySource`: nvidia-smi on plain hosts, sinfo on SLURM."""
-
-    def __init__(self, nvidia_smi: str = "nvidia-smi") -> None:
-        self.nvidia_smi = nvidia_smi
-
-    def _smi(self, args: list[str]) -> str:
-        exe = self.nvidia_smi
-        qexe = "~/" + shlex.quote(exe[2:]) if exe.startswith("~/") else shlex.quote(exe)
-        return " ".join([qexe, *(shlex.quote(a) for a in args)])
-
-    async def plain_free_gpus(self, ssh: str, seconds: float) -> dict[str, int]:
-        from ..ssh.commands import run
-
-        # Both queries in one round trip, separated by a marker line.
-        cmd = (f"{self._smi(GPU_INVENTORY_QUERY)} && echo {_MARK} && "
-               f"{self._smi(COMPUTE_APPS_QUERY)}")
-        result = await run(cmd, ssh, timeout=seconds, retries=1)
-        if result.returncode == 127:
-            raise DispatchError("no nvidia-smi on the login PATH")
-        if not result.ok or _MARK not in result.stdout:
-            detail = (result.stderr or result.stdout).strip()[:300]
-            raise DispatchError(f"nvidia-smi failed (exit {result.returncode}): {detail}")
-        gpus_text, _, apps_text = result.stdout.partition(_MARK)
-        try:
-            return free_gpus_by_chip(gpus_text, apps_text)
-        except ValueError as exc:
-            raise DispatchError(f"cannot parse nvidia-smi output: {exc}") from exc
-
-    async def partition_gres(self, ssh: str, seconds: float) -> GresTable:
-        from ..ssh.commands import run
-        from .probe import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres_counts
-
-        result = await run(SINFO_PARTITION_GRES_ARGS, ssh, timeout=seconds, retries=1)
-        if not result.ok:
-            detail = (result.stderr or result.stdout).strip()[:300]
-            raise DispatchError(f"sinfo failed (exit {result.returncode}): {detail}")
-        return parse_sinfo_gres_counts(result.stdout)
-
-    async def slurm_free_gpus(self, ssh: str, partition: str, gres_type: str,
-                              seconds: float) -> list[tuple[str, int]]:
-        from ..slurm.query import available_gpus
-
-        return await available_gpus(partition, ssh, gres_type or None, timeout=seconds)
+    start: StartEstimate | None = field(default=None, kw_only=True)
 
 
 @dataclass
 class _Facts:
     """What the concurrent I/O phase learned about one host (or why it failed)."""
 
-    plain_free: int | Mapping[str, int] | None = None
+    plain_free: PlainGpus | None = None
     gres: dict[str, dict[str, int]] | None = None
     free: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    starts: dict[str, StartEstimate | str] = field(default_factory=dict)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class _PlainView:
+    """A plain host's GPUs under its busy rule: free counts per chip (or one number), the
+    free GPUs and why the others are busy (when the source gave per-GPU readings)."""
+
+    counts: int | Mapping[str, int]
+    free: Mapping[str, tuple[GpuRef, ...]] = field(default_factory=dict)
+    busy: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    read: bool = False
+
+
+def _plain_view(facts: PlainGpus | None, host: PlainHostConfig) -> _PlainView:
+    if facts is None:
+        return _PlainView(0)
+    if isinstance(facts, int | Mapping):
+        return _PlainView(facts)
+    rule = BusyRule(host.gpu_busy_mib, host.gpu_busy_utilization)
+    free: dict[str, list[GpuRef]] = {}
+    busy: dict[str, list[str]] = {}
+    for gpu in sorted(facts, key=lambda g: g.index):
+        why = busy_reason(gpu, rule)
+        if why is None:
+            free.setdefault(gpu.chip, []).append(gpu.ref)
+        else:
+            busy.setdefault(gpu.chip, []).append(f"GPU {gpu.index}: {why}")
+    return _PlainView({c: len(v) for c, v in free.items()},
+                      {c: tuple(v) for c, v in free.items()},
+                      {c: tuple(v) for c, v in busy.items()}, read=True)
+
+
+def _plain_shortage(view: _PlainView, chip: str, free: int, have: int) -> str:
+    """`only 0 of 2 h100 free`, with why each GPU of the chip is busy when known."""
+    text = f"only {free} of {have} {chip} free"
+    if not view.read:
+        return text
+    busy = view.busy.get(chip, ())
+    if not busy and not view.free.get(chip):
+        return f"{text} (nvidia-smi lists no {chip})"
+    shown = "; ".join(busy[:4]) + ("; ..." if len(busy) > 4 else "")
+    return f"{text} ({shown})" if shown else text
 
 
 @dataclass
@@ -236,9 +223,24 @@ def _fmt_gres(gres: dict[str, dict[str, int]]) -> str:
     return ", ".join(f"{p}={sorted(t) or '-'}" for p, t in gres.items()) or "none"
 
 
+async def _estimates(source: StartSource, ssh: str, count: int, keys: list[tuple[str, str]],
+                     seconds: float) -> dict[str, StartEstimate | str]:
+    """Slurm's start estimate per ``(gres type, partition)``; a failure becomes its text."""
+    got = await asyncio.gather(*(source.slurm_start(ssh, p, g, count, seconds)
+                                 for g, p in keys), return_exceptions=True)
+    out: dict[str, StartEstimate | str] = {}
+    for (g, p), est in zip(keys, got, strict=True):
+        if isinstance(est, asyncio.CancelledError):
+            raise est
+        out[f"{p}|{g}"] = (str(est) or type(est).__name__) if isinstance(est, BaseException) \
+            else est
+    return out
+
+
 async def _gather_facts(request: HardwareRequest, config: DispatchConfig, names: list[str],
                         check: bool, seconds: float,
-                        source: AvailabilitySource) -> dict[str, _Facts]:
+                        source: AvailabilitySource, rank: str = "free_now",
+                        ) -> dict[str, _Facts]:
     """Run every host's I/O concurrently; failures become ``_Facts.error``."""
 
     async def plain(host: PlainHostConfig) -> _Facts:
@@ -247,13 +249,24 @@ async def _gather_facts(request: HardwareRequest, config: DispatchConfig, names:
     async def slurm(host: SlurmHostConfig) -> _Facts:
         gres = _gres_counts(await source.partition_gres(host.ssh, seconds))
         facts = _Facts(gres=gres)
-        if check:
-            plan, _ = _slurm_plan(request, config, host, gres)
-            keys = list(dict.fromkeys((g, p) for _, g, p in plan))
-            lists = await asyncio.gather(
-                *(source.slurm_free_gpus(host.ssh, p, g, seconds) for g, p in keys))
-            for (g, p), nodes in zip(keys, lists, strict=True):
-                facts.free[f"{p}|{g}"] = [(n, c) for n, c in nodes if n not in host.exclude]
+        plan, _ = _slurm_plan(request, config, host, gres)
+        keys = list(dict.fromkeys((g, p) for _, g, p in plan))
+        starts: asyncio.Future[dict[str, StartEstimate | str]] | None = None
+        if rank == "earliest_start" and keys:
+            starts = asyncio.ensure_future(_estimates(
+                cast(StartSource, source), host.ssh, request.min_chips, keys, seconds))
+        try:
+            if check:
+                lists = await asyncio.gather(
+                    *(source.slurm_free_gpus(host.ssh, p, g, seconds) for g, p in keys))
+                for (g, p), nodes in zip(keys, lists, strict=True):
+                    facts.free[f"{p}|{g}"] = [(n, c) for n, c in nodes
+                                              if n not in host.exclude]
+            if starts is not None:
+                facts.starts = await starts
+        finally:
+            if starts is not None and not starts.done():
+                starts.cancel()
         return facts
 
     jobs: dict[str, asyncio.Future[_Facts] | asyncio.Task[_Facts]] = {}
@@ -283,18 +296,86 @@ async def _gather_facts(request: HardwareRequest, config: DispatchConfig, names:
 
 
 async def _solve(request: HardwareRequest, config: DispatchConfig, check: bool,
-                 seconds: float, source: AvailabilitySource) -> SolveResult:
-    inv = RemoteInventory(config)
-    names = _order(request, config)
+                 seconds: float, source: AvailabilitySource,
+                 rank: str = "free_now") -> SolveResult:
+    """Ask the source about every eligible host at once, then decide (no I/O there)."""
     rejections: dict[str, str] = {}
     eligible = []
-    for name in names:
+    for name in _order(request, config):
         reason = _cluster_reason(request, config.hosts[name].cluster)
         if reason:
             rejections[name] = reason
         else:
             eligible.append(name)
-    facts = await _gather_facts(request, config, eligible, check, seconds, source)
+    facts = await _gather_facts(request, config, eligible, check, seconds, source, rank)
+    if rank == "earliest_start" and not request.cpu_only:
+        return _decide_earliest(request, config, eligible, facts, check, rejections)
+    return _decide(request, config, eligible, facts, check, rejections)
+
+
+def _decide_earliest(request: HardwareRequest, config: DispatchConfig, eligible: list[str],
+                     facts: Mapping[str, _Facts], check: bool,
+                     rejections: dict[str, str]) -> SolveResult:
+    """``rank="earliest_start"``: the candidate Slurm (or a free plain host) would start
+    first; ties go to the earlier host in solver order. Pure, like `_decide`."""
+    inv = RemoteInventory(config)
+    cands: list[tuple[timedelta, int, SolveResult]] = []
+    for idx, name in enumerate(eligible):
+        host = config.hosts[name]
+        if isinstance(host, PlainHostConfig):
+            own = _decide(request, config, [name], facts, check, rejections)
+            if own.result is not None:
+                cands.append((timedelta(0), idx, own))
+            continue
+        fact = facts.get(name, _Facts())
+        if fact.error is not None:
+            rejections[name] = f"availability check failed: {fact.error}"
+            continue
+        plan, why = _slurm_plan(request, config, host, fact.gres or {})
+        if not plan:
+            rejections[name] = why
+            continue
+        best: tuple[timedelta, HardwareResult, StartEstimate] | None = None
+        notes: list[str] = []
+        for chip, gres_type, part in plan:
+            est = fact.starts.get(f"{part}|{gres_type}", "not estimated")
+            if isinstance(est, str) or est.delay is None:
+                said = est if isinstance(est, str) else est.describe()
+                notes.append(f"partition {part!r}: {said}")
+                continue
+            nodes = fact.free.get(f"{part}|{gres_type}", [])
+            top = max((c for _, c in nodes), default=0) if check else None
+            res = HardwareResult(name, host.ssh, chip, request.min_chips,
+                                 inv.get_cluster(host.cluster), partition=part,
+                                 is_slurm=True, gres_type=gres_type, available=top,
+                                 interactive=request.interactive)
+            if best is None or est.delay < best[0]:
+                best = (est.delay, res, est)
+        if best is None:
+            rejections[name] = "no start estimate: " + "; ".join(notes)
+            continue
+        delay, res, est = best
+        cands.append((delay, idx, SolveResult(
+            result=res, host_name=name, host_config=host, is_slurm=True,
+            partition=res.partition, rejections=rejections, start=est)))
+    if not cands:
+        return SolveResult(result=None, host_name=None, host_config=None, is_slurm=False,
+                           partition=None, rejections=rejections)
+    cands.sort(key=lambda c: (c[0], c[1]))
+    chosen = cands[0][2]
+    for delay, _, other in cands[1:]:
+        if other.host_name is not None and other.host_name != chosen.host_name:
+            rejections[other.host_name] = (f"starts later (in {delay}) than "
+                                           f"{chosen.host_name} (in {cands[0][0]})")
+    return chosen
+
+
+def _decide(request: HardwareRequest, config: DispatchConfig, eligible: list[str],
+            facts: Mapping[str, _Facts], check: bool,
+            rejections: dict[str, str]) -> SolveResult:
+    """The pure half of the solver: the first eligible host (in order) that the facts
+    satisfy; else the best SLURM fallback; else no result. Adds to ``rejections``."""
+    inv = RemoteInventory(config)
     fallbacks: list[tuple[str, _Candidate]] = []
 
     def done(name: str, res: HardwareResult, fallback: bool = False) -> SolveResult:
@@ -334,17 +415,21 @@ async def _solve(request: HardwareRequest, config: DispatchConfig, check: bool,
                 continue
             picked = enough[0]
             available: int | None = None
+            refs: tuple[GpuRef, ...] = ()
             if check:
-                free = {c.name: _plain_free(fact.plain_free, c.name, have[c.name])
-                        for c in enough}
+                view = _plain_view(fact.plain_free, host)
+                free = {c.name: _plain_free(view.counts, c.name, have[c.name]) for c in enough}
                 ready = next((c for c in enough if free[c.name] >= request.min_chips), None)
                 if ready is None:
-                    rejections[name] = "; ".join(f"only {free[c.name]} of {have[c.name]} "
-                                                 f"{c.name} free" for c in enough)
+                    rejections[name] = "; ".join(
+                        _plain_shortage(view, c.name, free[c.name], have[c.name])
+                        for c in enough)
                     continue
                 picked, available = ready, free[ready.name]
+                refs = view.free.get(ready.name, ())[:have[ready.name]]
             return done(name, HardwareResult(name, host.ssh, picked, request.min_chips, cluster,
-                                             available=available, interactive=interactive))
+                                             available=available, interactive=interactive,
+                                             free_gpus=refs))
         plan, why = _slurm_plan(request, config, host, fact.gres or {})
         if not plan:
             rejections[name] = why
@@ -385,7 +470,8 @@ async def _solve(request: HardwareRequest, config: DispatchConfig, check: bool,
 
 async def solve(request: HardwareRequest, config: DispatchConfig,
                 check_availability: bool = False, timeout: float = 30.0,
-                *, availability: AvailabilitySource | None = None) -> SolveResult | None:
+                *, availability: AvailabilitySource | None = None,
+                rank: Rank = "free_now") -> SolveResult | None:
     """Solve for hardware; None when no host can take the request (see module docs).
 
     Args:
@@ -396,6 +482,10 @@ async def solve(request: HardwareRequest, config: DispatchConfig,
             the configured chip counts.
         timeout: Seconds allowed for each availability query.
         availability: Replaces the SSH-backed source of live facts (tests, simulations).
+        rank: ``"free_now"`` (default): the first host, in solver order, that can take
+            the request now. ``"earliest_start"``: the host and partition where Slurm
+            estimates the earliest start (``sbatch --test-only``; a plain host that can
+            take it starts now); `SolveResult.start` holds the estimate.
 
     Returns:
         The chosen host and allocation, or None when no host can take the request.
@@ -404,14 +494,15 @@ async def solve(request: HardwareRequest, config: DispatchConfig,
         SolveError: Solving took longer than `timeout` (plus a margin).
     """
     res = await solve_with_reasons(request, config, check_availability, timeout,
-                                   availability=availability)
+                                   availability=availability, rank=rank)
     return res if res.result is not None else None
 
 
 async def solve_with_reasons(request: HardwareRequest, config: DispatchConfig,
                              check_availability: bool = False,
                              timeout: float = 30.0,
-                             *, availability: AvailabilitySource | None = None) -> SolveResult:
+                             *, availability: AvailabilitySource | None = None,
+                             rank: Rank = "free_now") -> SolveResult:
     """Like `solve` but always returns a SolveResult (`result` None if unsolved).
 
     Args:
@@ -420,12 +511,17 @@ async def solve_with_reasons(request: HardwareRequest, config: DispatchConfig,
         check_availability: Ask the hosts over SSH what is free now.
         timeout: Seconds allowed for each availability query.
         availability: Replaces the SSH-backed source of live facts (tests, simulations).
+        rank: ``"free_now"`` (default): the first host, in solver order, that can take
+            the request now. ``"earliest_start"``: the host and partition where Slurm
+            estimates the earliest start (``sbatch --test-only``; a plain host that can
+            take it starts now); `SolveResult.start` holds the estimate.
 
     Returns:
         The solution; when unsolved, `result` is None and `rejections` says why each host
         was rejected.
 
     Raises:
+        InvalidValueError: `rank` is not one of `RANKS`.
         TypeError: `request` or `config` has the wrong type.
         SolveError: Solving took longer than `timeout` (plus a margin).
     """
@@ -433,10 +529,15 @@ async def solve_with_reasons(request: HardwareRequest, config: DispatchConfig,
         raise TypeError(f"request must be a HardwareRequest, got {request!r}")
     if not isinstance(config, DispatchConfig):
         raise TypeError(f"config must be a DispatchConfig, got {config!r}")
+    if rank not in RANKS:
+        raise InvalidValueError(f"rank must be one of {', '.join(RANKS)}, not {rank!r}")
     source = availability if availability is not None else SshAvailability()
+    if rank == "earliest_start" and not callable(getattr(source, "slurm_start", None)):
+        raise TypeError(f"rank='earliest_start' needs an availability source with "
+                        f"slurm_start (a StartSource); {type(source).__name__} has none")
     try:
         async with asyncio.timeout(timeout + 5.0):
-            return await _solve(request, config, check_availability, timeout, source)
+            return await _solve(request, config, check_availability, timeout, source, rank)
     except TimeoutError as exc:
         raise SolveError(f"solving {request.describe()} timed out after {timeout}s") from exc
 
@@ -444,7 +545,8 @@ async def solve_with_reasons(request: HardwareRequest, config: DispatchConfig,
 async def solve_or_raise(request: HardwareRequest, config: DispatchConfig,
                          check_availability: bool = False,
                          timeout: float = 30.0,
-                         *, availability: AvailabilitySource | None = None) -> SolveResult:
+                         *, availability: AvailabilitySource | None = None,
+                         rank: Rank = "free_now") -> SolveResult:
     """Like solve(), but raises if no solution found.
 
     Args:
@@ -455,6 +557,10 @@ async def solve_or_raise(request: HardwareRequest, config: DispatchConfig,
             the configured chip counts.
         timeout: Seconds allowed for each availability query.
         availability: Replaces the SSH-backed source of live facts (tests, simulations).
+        rank: ``"free_now"`` (default): the first host, in solver order, that can take
+            the request now. ``"earliest_start"``: the host and partition where Slurm
+            estimates the earliest start (``sbatch --test-only``; a plain host that can
+            take it starts now); `SolveResult.start` holds the estimate.
 
     Returns:
         The chosen host, its configuration, the partition (SLURM) and the allocation
@@ -465,7 +571,7 @@ async def solve_or_raise(request: HardwareRequest, config: DispatchConfig,
             why each host was rejected. Also raised when solving timed out.
     """
     res = await solve_with_reasons(request, config, check_availability, timeout,
-                                   availability=availability)
+                                   availability=availability, rank=rank)
     if res.result is None:
         if not config.hosts:
             raise SolveError(f"cannot place {request.describe()}: no hosts configured")

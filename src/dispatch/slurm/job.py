@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..errors import InvalidValueError
-from ..placement.hardware import JuiceFSMount
+from .arrays import ARRAY_OUTPUT, check_array_output, check_array_spec
+from .mounts import JuiceFSMount, split_password
+from .restarts import check_restart_fields, restart_command, restart_directives
 
 __all__ = [
     "SlurmJob",
@@ -67,7 +69,6 @@ _DEPENDENCY = re.compile(rf"^{_DEP_ONE}(?:[,?]{_DEP_ONE})*$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]*$")
 _VAR_PREFIX = re.compile(r"^(?:\$([A-Za-z_][A-Za-z0-9_]*)|\$\{([A-Za-z_][A-Za-z0-9_]*)\})")
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 #: Default node-local base directory for sbcast copies of an embedded bootstrap
 #: (rendered as ``${TMPDIR:-/tmp}``).
@@ -156,21 +157,6 @@ def _heredoc_tag(base: str, body: str) -> str:
     return tag
 
 
-def _split_password(url: str) -> tuple[str, str | None]:
-    """``redis://u:p@h/1`` -> ``('redis://u@h/1', 'p')``; userinfo ends at the last ``@``."""
-    m = _URL_SCHEME.match(url)
-    if m is None:
-        return url, None
-    rest = url[m.end() :]
-    slash = rest.find("/")
-    authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-    userinfo, at, host = authority.rpartition("@")
-    user, colon, secret = userinfo.partition(":")
-    if not at or not colon:
-        return url, None
-    return f"{m.group(0)}{user}@{host}{path}", secret
-
-
 def _wrap(text: str, width: int = 76) -> str:
     flat = "".join(text.split())
     return "\n".join(flat[i : i + width] for i in range(0, len(flat), width))
@@ -213,6 +199,15 @@ class SlurmJob:
     juicefs_mount: JuiceFSMount | None = None
     is_slurm: bool = True
     bootstrap_py: str | None = None
+    #: Job array indexes as sbatch takes them (``"0-99%8"``, ``"0-15:4"``, ``"1,3,5"``);
+    #: each element runs the command with its own ``SLURM_ARRAY_TASK_ID``.
+    array: str | None = field(default=None, kw_only=True)
+    #: Checkpoint/restart (`.restarts`): the tasks get ``checkpoint_signal`` this many
+    #: seconds before the time limit, and SIGTERM on preemption; None: no signal.
+    signal_before_end: int | None = field(default=None, kw_only=True)
+    checkpoint_signal: str = field(default="USR1", kw_only=True)  # USR1 USR2 TERM INT HUP
+    #: Times the job may come back (requeued, or resubmitted with its token). 0: never.
+    max_restarts: int = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -236,6 +231,11 @@ class SlurmJob:
             raise _bad("mem_per_cpu", self.mem_per_cpu, "cannot be combined with mem")
         for fname in ("output", "error", "workdir", "root_dir", "payload_extract_to"):
             _check_text(fname, getattr(self, fname))
+        if self.array is not None:
+            check_array_spec(self.array)
+            check_array_output("output", self.output)
+            check_array_output("error", self.error)
+        check_restart_fields(self.signal_before_end, self.checkpoint_signal, self.max_restarts)
         if not self.payload_extract_to:
             raise _bad("payload_extract_to", self.payload_extract_to, "must not be empty")
         self._check_ints()
@@ -390,8 +390,12 @@ class SlurmJob:
             d.append(f"--mem-per-cpu={self.mem_per_cpu}")
         if self.time is not None:
             d.append(f"--time={self.time}")
-        if self.output is not None:
-            d.append(f"--output={sbatch_quote(self.output)}")
+        if self.array is not None:
+            d.append(f"--array={self.array}")
+        d.extend(restart_directives(self.signal_before_end, self.checkpoint_signal,
+                                    self.max_restarts))
+        if self.output is not None or self.array is not None:
+            d.append(f"--output={sbatch_quote(self.output or ARRAY_OUTPUT)}")
         if self.error is not None:
             d.append(f"--error={sbatch_quote(self.error)}")
         work = self._work_dir()
@@ -436,10 +440,15 @@ class SlurmJob:
             bootstrap_py=self._bootstrap_py_section(),
             uv=self._uv_section(),
             setup="\n".join(self.setup_commands) if self.setup_commands else ":",
-            command=shlex.quote(self.command),
+            command=self._command_section(),
         )
 
     # --- bootstrap sections ------------------------------------------------------------
+
+    def _command_section(self) -> str:
+        if self.signal_before_end is None or not self.is_slurm:
+            return f"bash -c {shlex.quote(self.command)}"
+        return restart_command(self.command, self.checkpoint_signal, self.max_restarts)
 
     def _work_dir(self) -> str | None:
         if self.workdir and self.root_dir and not self.workdir.startswith(("/", "~", "$")):
@@ -484,7 +493,7 @@ class SlurmJob:
         mount = self.juicefs_mount
         if mount is None:
             return ":"
-        url, secret = _split_password(mount.redis_url)
+        url, secret = split_password(mount.redis_url)
         # The password goes in META_PASSWORD so it never shows up in `ps`.
         password = f"META_PASSWORD={shlex.quote(secret)} " if secret is not None else ""
         options = ""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..results import RunResult
 from . import states
+from .arrays import split_array_id
 
 __all__ = [
     "SlurmResult",
@@ -35,7 +36,13 @@ class SlurmResult:
 
 @dataclass(frozen=True)
 class JobStatus:
-    """Status of a SLURM job from squeue."""
+    """Status of a SLURM job from squeue.
+
+    ``job_id`` is the id sbatch returned (for every element of a job array, the array's);
+    an array element also has ``array_job_id``, ``array_task`` (its index, or the index
+    list of a pending remainder such as ``5-19%8``) and ``raw_id`` (``123_4``,
+    ``123_[5-19%8]``) as squeue prints it. ``raw_id`` defaults to ``str(job_id)``.
+    """
 
     job_id: int
     partition: str
@@ -45,6 +52,13 @@ class JobStatus:
     time_elapsed: str
     nodes: int
     nodelist: str
+    array_job_id: int | None = None
+    array_task: str | None = None
+    raw_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.raw_id:
+            object.__setattr__(self, "raw_id", str(self.job_id))
 
     @property
     def is_pending(self) -> bool:
@@ -64,7 +78,12 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class JobInfo:
-    """Detailed info about a SLURM job from sacct."""
+    """Detailed info about a SLURM job from sacct.
+
+    ``job_id`` is sacct's id (``123``, ``123.batch``, ``123_4``, ``123_[5-19%8]``); for a
+    job array element ``array_job_id`` and ``array_task`` are filled in from it when not
+    given, and ``raw_id`` defaults to ``job_id``.
+    """
 
     job_id: str
     name: str
@@ -74,6 +93,17 @@ class JobInfo:
     elapsed: str
     max_rss: str
     nodelist: str
+    array_job_id: int | None = None
+    array_task: str | None = None
+    raw_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.raw_id:
+            object.__setattr__(self, "raw_id", self.job_id)
+        if self.array_job_id is None and self.array_task is None:
+            array_job_id, array_task = split_array_id(self.job_id)
+            object.__setattr__(self, "array_job_id", array_job_id)
+            object.__setattr__(self, "array_task", array_task)
 
     @property
     def is_finished(self) -> bool:
@@ -125,6 +155,28 @@ class JobInfoResult:
             or next((r for r in rows if not states.is_success(r.state)), None)
             or rows[0]
         )
+
+    @property
+    def elements(self) -> list[JobInfo]:
+        """The job's own rows (no step suffix): one per array element, in index order.
+
+        A pending remainder of an array (``123_[5-19%8]``) is one row; a plain job has
+        just its own row. Each row has the element's ``state`` and ``exit_code``. An
+        element cancelled while still pending has no row: SLURM keeps no record of it.
+        """
+        rows = [step for step in self.steps if "." not in step.job_id]
+        return sorted(rows, key=_element_order)
+
+
+def _element_order(row: JobInfo) -> int:
+    """Sort key: the element's (first) array index; -1 for a row that is not an element."""
+    task = row.array_task or ""
+    digits = ""
+    for ch in task:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else -1
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .arrays import split_array_id
 from .models import JobInfo, JobStatus, NodeGres, NodeInfo, PartitionInfo
 from .nodelist import expand_nodelist, split_top_level
+from .sinfo_gres import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres, parse_sinfo_gres_counts
 from .states import normalize_state
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "SCONTROL_NODE_ARGS",
     "SINFO_PARTITION_ARGS",
     "SINFO_GPU_ARGS",
+    "SINFO_GPU_USABLE_ARGS",
     "SINFO_NODES_ARGS",
+    "SINFO_PARTITION_GRES_ARGS",
     "SqueueRow",
     "parse_sbatch_parsable",
     "parse_squeue",
@@ -39,6 +43,8 @@ __all__ = [
     "parse_default_partition",
     "parse_available_gpus",
     "parse_partition_nodes",
+    "parse_sinfo_gres",
+    "parse_sinfo_gres_counts",
     "parse_gres",
     "parse_tres",
     "node_state_usable",
@@ -95,9 +101,20 @@ SINFO_GPU_ARGS: list[str] = [
     "--Format=NodeList:0|,StateLong:0|,Gres:0|,GresUsed:0",
 ]
 
+#: `SINFO_GPU_ARGS` plus what decides whether a free GPU can be used: CPUs
+#: allocated/idle/other/total | configured memory (MB) | allocated memory (MB). A node
+#: whose CPUs or memory are all taken has no usable GPU. Caller appends ``--partition=P``.
+SINFO_GPU_USABLE_ARGS: list[str] = [
+    "sinfo",
+    "--noheader",
+    "--Node",
+    "--Format=NodeList:0|,StateLong:0|,Gres:0|,GresUsed:0|,CPUsState:0|,Memory:0|,AllocMem:0",
+]
+
 #: sinfo, node names (``%N``, not hostnames ``%n``), one per line. Caller appends
 #: ``--partition=P``.
 SINFO_NODES_ARGS: list[str] = ["sinfo", "--noheader", "--Node", "--format=%N"]
+
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -177,6 +194,7 @@ def parse_squeue_rows(text: str) -> list[SqueueRow]:
         if unique is None or head is None or nodes is None:
             log.debug("squeue: skipping malformed line %r", line)
             continue
+        array_job_id, array_task = split_array_id(raw_id)
         status = JobStatus(
             job_id=int(head.group(1)),
             partition=partition.strip(),
@@ -186,13 +204,20 @@ def parse_squeue_rows(text: str) -> list[SqueueRow]:
             time_elapsed=elapsed.strip(),
             nodes=nodes,
             nodelist=nodelist.strip(),
+            array_job_id=array_job_id,
+            array_task=array_task,
+            raw_id=raw_id.strip(),
         )
         rows.append(SqueueRow(raw_id=raw_id.strip(), unique_id=unique, status=status))
     return rows
 
 
 def parse_squeue(text: str) -> list[JobStatus]:
-    """Parse `SQUEUE_ARGS` output into `JobStatus` (state normalized)."""
+    """Parse `SQUEUE_ARGS` output into `JobStatus` (state normalized).
+
+    Every array element is its own row (``job_id`` is the array's id; ``raw_id``,
+    ``array_job_id`` and ``array_task`` tell the elements apart).
+    """
     return [row.status for row in parse_squeue_rows(text)]
 
 
@@ -216,7 +241,8 @@ def parse_sacct(text: str) -> list[JobInfo]:
     """Parse `SACCT_ARGS` output into `JobInfo` (one per job/step).
 
     ``state`` is normalized (``CANCELLED by 0`` -> ``CANCELLED``); ``job_id`` stays verbatim
-    (``123``, ``123.batch``, ``123_4``, ``123+0.0``).
+    (``123``, ``123.batch``, ``123_4``, ``123+0.0``); array elements also get
+    ``array_job_id``/``array_task``.
     """
     out: list[JobInfo] = []
     for line in _lines(text):
@@ -473,24 +499,49 @@ def _natural_key(name: str) -> list[tuple[int, int | str]]:
     return [(1, int(tok)) if tok.isdigit() else (0, tok) for tok in re.split(r"(\d+)", name)]
 
 
-def parse_available_gpus(text: str, gpu_type: str | None = None) -> list[tuple[str, int]]:
-    """Free GPUs per node from `SINFO_GPU_ARGS` output.
+def _idle_cpus_and_free_mem(cpus_s: str, mem_s: str, alloc_s: str) -> tuple[int, int] | None:
+    """Idle CPUs (``I`` of sinfo's ``A/I/O/T``) and unallocated MB, or None if unreadable."""
+    cpu_fields = cpus_s.split("/")
+    idle = _int(cpu_fields[1]) if len(cpu_fields) == 4 else None
+    mem, alloc = _int(mem_s), _int(alloc_s)
+    if idle is None or mem is None or alloc is None:
+        return None
+    return idle, max(0, mem - alloc)
+
+
+def parse_available_gpus(
+    text: str, gpu_type: str | None = None, *, min_cpus: int = 1, min_mem_mb: int = 1
+) -> list[tuple[str, int]]:
+    """Free GPUs per node from `SINFO_GPU_USABLE_ARGS` (or `SINFO_GPU_ARGS`) output.
 
     Returns ``(node, free_gpus)`` for nodes with at least one free GPU (of ``gpu_type`` when
     given, case-insensitive), most free first. Nodes that are down, drained, draining,
-    failed or not responding are left out: their GPUs don't count.
+    failed or not responding are left out: their GPUs don't count. With the CPU and memory
+    columns of `SINFO_GPU_USABLE_ARGS`, so are nodes with fewer than ``min_cpus`` idle CPUs
+    or ``min_mem_mb`` unallocated MB: a job could not start there (a CPU-only job holding
+    every CPU leaves the GPUs free but unusable). Lines in the shorter `SINFO_GPU_ARGS`
+    format are not checked for CPUs and memory.
     """
     free: dict[str, int] = {}
     for line in _lines(text):
-        parts = line.split("|")
-        if len(parts) != 4:
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) not in (4, 7):
             log.debug("sinfo gpus: skipping malformed line %r", line)
             continue
-        node, state, gres_s, used_s = (p.strip() for p in parts)
+        node, state, gres_s, used_s = parts[:4]
         if not node or node in free:
             continue
         if not node_state_usable(state):
             continue
+        if len(parts) == 7:
+            room = _idle_cpus_and_free_mem(*parts[4:])
+            if room is None:
+                log.debug("sinfo gpus: skipping line with unreadable CPUs/memory %r", line)
+                continue
+            if room[0] < min_cpus or room[1] < min_mem_mb:
+                log.debug("sinfo gpus: %s has %d idle CPUs and %d MB free: GPUs unusable",
+                          node, room[0], room[1])
+                continue
 
         def _gpus(text: str) -> int:
             return sum(

@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ..errors import InvalidValueError
 from ..results import RunResult
-from ..ssh.pool import current_pool
+from ..ssh import PoolKey, current_pool, run
+from . import events
+from .arrays import JobId, JobRef, job_ref
+from .events import Subscriber, WatchRow
 from .models import JobInfo, JobInfoResult, JobStatus, StatusResult
 from .nodelist import first_node_from_nodelist
-from .query import check_job_id, is_final, sacct_jobs, squeue_jobs
+from .query import is_final, main_step, pick_status, sacct_jobs, status_of, steps_of
 from .states import is_running, is_terminal
 
 __all__ = ["wait", "wait_until_running"]
@@ -53,52 +56,108 @@ _COALESCE_SECONDS = 0.02
 
 @dataclass
 class PollerStats:
-    """Counters per host, for tests and benchmarks (cumulative for the process)."""
+    """Counters per host, for tests and benchmarks (cumulative for the pool)."""
 
     squeue_calls: int = 0
     sacct_calls: int = 0
+    scontrol_calls: int = 0
     pollers_started: int = 0
     active_pollers: int = 0
 
 
-_STATS: dict[str, PollerStats] = {}
+@dataclass
+class _Pollers:
+    """One pool's pollers (one per host while it has waiters) and their counters."""
+
+    by_host: dict[str, _Poller] = field(default_factory=dict)
+    stats: dict[str, PollerStats] = field(default_factory=dict)
+
+    def stats_of(self, host: str) -> PollerStats:
+        return self.stats.setdefault(host, PollerStats())
+
+
+async def _stop_pollers(pollers: _Pollers) -> None:
+    """Close hook: fail the pool's waiters with a clear error, cancel the pollers, wait."""
+    loop = asyncio.get_running_loop()
+    mine: list[asyncio.Task[None]] = []
+    for poller in pollers.by_host.values():
+        task = poller.task
+        if task is None:
+            continue
+        if task.get_loop() is not loop:  # closed from another loop: ask the task's own
+            with contextlib.suppress(RuntimeError):
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            continue
+        poller.fail(RuntimeError(
+            f"the dispatch Pool was closed while waiting for SLURM jobs on {poller.host}"
+        ))
+        task.cancel()
+        mine.append(task)
+    pollers.by_host.clear()
+    if mine:
+        await asyncio.gather(*mine, return_exceptions=True)
+
+
+#: The pollers of a pool: state that lives and dies with the pool.
+POLLERS: PoolKey[_Pollers] = PoolKey("slurm.pollers", _Pollers, _stop_pollers)
 
 
 def poller_stats(host: str) -> PollerStats:
-    """The (live, mutable) counters of the pollers of ``host``."""
-    return _STATS.setdefault(host, PollerStats())
+    """The (live, mutable) counters of the pollers of ``host`` in the current pool.
+
+    Call it from a coroutine (it uses `current_pool`).
+    """
+    return current_pool().registry.get(POLLERS).stats_of(host)
 
 
 @dataclass(eq=False)
 class _Waiter:
-    job_id: int
+    job_id: JobId
     interval: float
     want_running: bool
     future: asyncio.Future[object] = field(repr=False)
 
 
-_Key = tuple[int, str]
-_REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, _Poller]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 class _Poller:
-    """The poller of one host on one event loop; its task lives while it has waiters."""
+    """The poller of one host in one pool; its task lives while it has waiters."""
 
-    def __init__(self, host: str, key: _Key, registry: dict[_Key, _Poller]) -> None:
+    def __init__(self, host: str, pollers: _Pollers) -> None:
         self.host = host
-        self.key = key
-        self.registry = registry
-        self.stats = poller_stats(host)
-        self.waiters: dict[int, set[_Waiter]] = {}
-        self.last_status: dict[int, tuple[JobStatus | None, RunResult]] = {}
-        self.settling: dict[int, float] = {}
-        self.seen: set[int] = set()  # job ids squeue listed at least once
+        self.pollers = pollers
+        self.stats = pollers.stats_of(host)
+        self.waiters: dict[JobId, set[_Waiter]] = {}
+        self.last_status: dict[JobId, tuple[JobStatus | None, RunResult]] = {}
+        self.settling: dict[JobId, float] = {}
+        self.seen: set[JobId] = set()  # job ids squeue listed at least once
+        # whole-array waits: the element indexes squeue listed (sacct must know each)
+        self.elements: dict[JobId, set[str]] = {}
         self.urgent = False
         self.wake = asyncio.Event()
         self.last_poll = float("-inf")
         self.task: asyncio.Task[None] | None = None
+        self.subscribers: set[Subscriber] = set()
+        # raw id -> deadline: jobs that left squeue unfinished; sacct tells how they ended
+        self.departed: dict[str, float] = {}
+
+    # -- watchers (see .watch) -----------------------------------------------------------
+    def subscribe(self, sub: Subscriber) -> None:
+        """Add a watcher: it is polled from the next tick on (within FIRST_POLL_SECONDS)."""
+        self.subscribers.add(sub)
+        self.urgent = True
+        self.wake.set()
+        self._ensure_task()
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        self.wake.set()
+
+    def _ensure_task(self) -> None:
+        if self.task is None:
+            self.stats.pollers_started += 1
+            self.stats.active_pollers += 1
+            self.task = asyncio.get_running_loop().create_task(
+                self._main(), name=f"dispatch-slurm-poller[{self.host}]"
+            )
 
     # -- waiters -------------------------------------------------------------------------
     def add(self, waiter: _Waiter) -> None:
@@ -107,12 +166,7 @@ class _Poller:
         if new_id:
             self.urgent = True
         self.wake.set()
-        if self.task is None:
-            self.stats.pollers_started += 1
-            self.stats.active_pollers += 1
-            self.task = asyncio.get_running_loop().create_task(
-                self._main(), name=f"dispatch-slurm-poller[{self.host}]"
-            )
+        self._ensure_task()
 
     def remove(self, waiter: _Waiter) -> None:
         group = self.waiters.get(waiter.job_id)
@@ -123,16 +177,17 @@ class _Poller:
                 self.settling.pop(waiter.job_id, None)
                 self.last_status.pop(waiter.job_id, None)
                 self.seen.discard(waiter.job_id)
+                self.elements.pop(waiter.job_id, None)
         if not waiter.future.done():
             waiter.future.cancel()
         self.wake.set()
 
-    def _resolve(self, job_id: int, *, running: bool, value: object) -> None:
+    def _resolve(self, job_id: JobId, *, running: bool, value: object) -> None:
         for waiter in list(self.waiters.get(job_id, ())):
             if waiter.want_running == running and not waiter.future.done():
                 waiter.future.set_result(value)
 
-    def _wants(self, job_id: int, *, running: bool) -> bool:
+    def _wants(self, job_id: JobId, *, running: bool) -> bool:
         return any(
             w.want_running == running and not w.future.done()
             for w in self.waiters.get(job_id, ())
@@ -144,21 +199,22 @@ class _Poller:
             while await self._sleep_until_due():
                 await self._poll_once()
         except asyncio.CancelledError:
-            self._fail(None)
+            self.fail(None)
             raise
         except Exception as exc:  # a bug must not leave waiters hanging forever
             log.exception("SLURM poller for %s failed", self.host)
-            self._fail(exc)
+            self.fail(exc)
         finally:
             self._stop()
 
     def _stop(self) -> None:
         self.task = None
         self.stats.active_pollers -= 1
-        if self.registry.get(self.key) is self:
-            del self.registry[self.key]
+        if self.pollers.by_host.get(self.host) is self:
+            del self.pollers.by_host[self.host]
 
-    def _fail(self, exc: BaseException | None) -> None:
+    def fail(self, exc: BaseException | None) -> None:
+        """End every waiter still waiting: cancelled (None) or with ``exc``."""
         for group in self.waiters.values():
             for waiter in group:
                 if waiter.future.done():
@@ -167,21 +223,26 @@ class _Poller:
                     waiter.future.cancel()
                 else:
                     waiter.future.set_exception(exc)
+        for sub in self.subscribers:
+            sub.queue.put_nowait(exc if exc is not None else asyncio.CancelledError())
 
     def _interval(self) -> float:
-        return min(w.interval for group in self.waiters.values() for w in group)
+        return min(
+            [w.interval for group in self.waiters.values() for w in group]
+            + [s.interval for s in self.subscribers]
+        )
 
     async def _sleep_until_due(self) -> bool:
         """Sleep until the next poll is due; False (and the task ends) when no one waits."""
         loop = asyncio.get_running_loop()
         while True:
-            if not self.waiters:
+            if not self.waiters and not self.subscribers:
                 return False
             interval = self._interval()
             due = self.last_poll + interval
             if self.urgent:
                 due = min(due, self.last_poll + min(interval, FIRST_POLL_SECONDS))
-            if self.settling:
+            if self.settling or self.departed:
                 due = min(due, self.last_poll + min(interval, SETTLE_POLL_SECONDS))
             now = loop.time()
             if now >= due:
@@ -192,30 +253,36 @@ class _Poller:
         if self.urgent:
             await asyncio.sleep(_COALESCE_SECONDS)  # let concurrent registrations join
             self.urgent = False
-        return bool(self.waiters)
+        return bool(self.waiters or self.subscribers)
 
     async def _poll_once(self) -> None:
         loop = asyncio.get_running_loop()
         self.last_poll = loop.time()
-        active = sorted(j for j in self.waiters if j not in self.settling)
-        if active:
-            self.stats.squeue_calls += 1
-            jobs, result = await squeue_jobs(active, self.host, POLL_CALL_TIMEOUT)
+        active = [j for j in self.waiters if j not in self.settling]
+        watched = {ref for sub in self.subscribers for ref in sub.open_refs()}
+        want_all = any(sub.jobs is None for sub in self.subscribers)
+        if active or watched or want_all:
+            rows, result = await self._squeue(sorted(set(active) | watched, key=str), want_all)
             if result.ok:
-                self._on_squeue(active, jobs, result)
+                self._on_squeue(active, self._statuses(active, rows), result)
+                self._publish(rows)
             else:
                 log.debug("squeue on %s failed (will retry): %s", self.host, result.stderr.strip())
-        finals = sorted(j for j in self.settling if j in self.waiters)
-        if finals:
+        finals = [j for j in self.settling if j in self.waiters]
+        gone = self._gone_refs()
+        if finals or gone:
             self.stats.sacct_calls += 1
-            grouped, result = await sacct_jobs(finals, self.host, POLL_CALL_TIMEOUT)
+            infos, result = await sacct_jobs(finals + gone, self.host, POLL_CALL_TIMEOUT)
+            if not result.ok and events.accounting_disabled(result.stderr):
+                infos, result = await self._scontrol_infos(finals + gone)
+            self._finish_departed(infos, result)
             now = loop.time()
             for job_id in finals:
                 deadline = self.settling.get(job_id)
                 if deadline is None:
                     continue  # its last waiter left while sacct ran
-                steps = grouped.get(str(job_id), [])
-                if result.ok and is_final(steps):
+                steps = steps_of(job_id, infos)
+                if result.ok and self._all_final(job_id, steps):
                     info = JobInfoResult(steps, result)
                 elif now >= deadline:
                     info = self._fallback_info(job_id, steps, result)
@@ -224,7 +291,113 @@ class _Poller:
                 del self.settling[job_id]
                 self._resolve(job_id, running=False, value=info)
 
-    def _on_squeue(self, ids: list[int], by_id: dict[int, JobStatus], result: RunResult) -> None:
+    async def _squeue(
+        self, refs: list[JobId], want_all: bool
+    ) -> tuple[list[WatchRow], RunResult]:
+        """This tick's squeue: ``--me`` when a watch wants every job (plus ``--jobs`` for
+        asked ids it did not list, e.g. other users' jobs), else ``--jobs`` only."""
+        rows: list[WatchRow] = []
+        result = RunResult(0, "", "")
+        if want_all:
+            result = await self._squeue_call("--me")
+            if not result.ok:
+                return [], result
+            rows = events.parse_watch_rows(result.stdout)
+            refs = [r for r in refs if not any(events.row_matches(r, w.row) for w in rows)]
+        if refs:
+            ids = ",".join(str(base) for base in sorted({r.base for r in refs}))
+            result = await self._squeue_call(f"--jobs={ids}")
+            if events.squeue_forgot_all(result.returncode, result.stderr):
+                result = RunResult(0, result.stdout, "")  # every id left squeue: an answer
+            if not result.ok:
+                return [], result
+            rows += events.parse_watch_rows(result.stdout)
+        return rows, result
+
+    async def _squeue_call(self, selector: str) -> RunResult:
+        self.stats.squeue_calls += 1
+        argv = [*events.WATCH_SQUEUE_ARGS, "--states=all", selector]
+        return await run(argv, self.host, timeout=POLL_CALL_TIMEOUT, retries=1)
+
+    def _statuses(self, refs: list[JobId], rows: list[WatchRow]) -> dict[JobId, JobStatus]:
+        """The status of each waited id, picked from its rows as `status` does (and, for
+        a whole array, note which elements squeue listed)."""
+        out: dict[JobId, JobStatus] = {}
+        for ref in refs:
+            group = [st for w in rows if (st := status_of(ref, w.row)) is not None]
+            if group:
+                out[ref] = pick_status(group)
+            if ref.task is None:
+                tasks = {st.array_task for st in group if st.array_task and st.array_task.isdigit()}
+                if tasks:
+                    self.elements.setdefault(ref, set()).update(tasks)
+        return out
+
+    def _all_final(self, job_id: JobId, steps: list[JobInfo]) -> bool:
+        """sacct has the final state of the job and, for an array, of every element squeue
+        listed (slurmdbd records elements one by one: a partial answer is not final)."""
+        if not is_final(steps):
+            return False
+        for task in self.elements.get(job_id, ()):
+            own = [r for r in steps if r.array_task == task and "." not in r.job_id]
+            if not is_final(own):
+                return False
+        return True
+
+    def _publish(self, rows: list[WatchRow]) -> None:
+        """Give this tick's rows to every watcher; note the jobs that left unfinished."""
+        loop_now = asyncio.get_running_loop().time()
+        now = datetime.now(UTC)
+        for sub in list(self.subscribers):
+            for raw in sub.update(rows, now):
+                self.departed.setdefault(raw, loop_now + SETTLE_SECONDS)
+            for ref in sub.unseen():
+                # Never listed: sacct may know it (long over); else it is unknown.
+                self.departed.setdefault(str(ref), sub.started + UNKNOWN_JOB_SECONDS)
+            if sub.all_over():
+                sub.queue.put_nowait(None)
+                self.subscribers.discard(sub)
+
+    def _gone_refs(self) -> list[JobId]:
+        return list(dict.fromkeys(events.raw_ref(raw) for raw in self.departed))
+
+    def _finish_departed(self, rows: list[JobInfo], result: RunResult) -> None:
+        """Final states (sacct, or scontrol) of jobs that left the queue, to the watchers."""
+        loop_now = asyncio.get_running_loop().time()
+        now = datetime.now(UTC)
+        for raw, deadline in list(self.departed.items()):
+            steps = steps_of(events.raw_ref(raw), rows) if result.ok else []
+            main = main_step(steps)
+            if result.ok and is_final(steps) and main is not None:
+                state, code, why = main.state, main.exit_code, ""
+            elif loop_now >= deadline:
+                state, code = "UNKNOWN", ""
+                why = "left the queue; neither sacct nor scontrol knows how it ended"
+            else:
+                continue
+            del self.departed[raw]
+            for sub in list(self.subscribers):
+                sub.finish(raw, state, code, now, why)
+                if sub.all_over():
+                    sub.queue.put_nowait(None)
+                    self.subscribers.discard(sub)
+
+    async def _scontrol_infos(self, refs: list[JobId]) -> tuple[list[JobInfo], RunResult]:
+        """Without accounting: what slurmctld still remembers (``scontrol show job``)."""
+        self.stats.scontrol_calls += 1
+        result = await run(["scontrol", "--oneliner", "show", "job"], self.host,
+                           timeout=POLL_CALL_TIMEOUT, retries=1)
+        if not result.ok:
+            return [], result
+        bases = {r.base for r in refs}
+        infos = [info for rec in events.parse_scontrol_job(result.stdout)
+                 if (info := events.info_from_scontrol(rec)) is not None
+                 and (info.array_job_id or int(info.job_id)) in bases]
+        return infos, result
+
+    def _on_squeue(
+        self, ids: list[JobId], by_id: dict[JobId, JobStatus], result: RunResult
+    ) -> None:
         now = asyncio.get_running_loop().time()
         for job_id in ids:
             if job_id not in self.waiters:
@@ -243,7 +416,9 @@ class _Poller:
                     grace = SETTLE_SECONDS if job_id in self.seen else UNKNOWN_JOB_SECONDS
                     self.settling[job_id] = now + grace
 
-    def _fallback_info(self, job_id: int, steps: list[JobInfo], result: RunResult) -> JobInfoResult:
+    def _fallback_info(
+        self, job_id: JobId, steps: list[JobInfo], result: RunResult
+    ) -> JobInfoResult:
         """sacct never recorded a final state: use what squeue last said, if it was final."""
         job, sq_result = self.last_status.get(job_id, (None, result))
         if job is not None and is_terminal(job.state):
@@ -267,7 +442,7 @@ class _Poller:
 def info_from_status(job: JobStatus) -> JobInfo:
     """A JobInfo built from a squeue row (no exit code or memory: squeue has neither)."""
     return JobInfo(
-        job_id=str(job.job_id),
+        job_id=job.raw_id if job.array_job_id is not None else str(job.job_id),
         name=job.name,
         partition=job.partition,
         state=job.state,
@@ -278,13 +453,23 @@ def info_from_status(job: JobStatus) -> JobInfo:
     )
 
 
+def subscribe(sub: Subscriber) -> _Poller:
+    """Add a watcher to the poller of its host in the current pool (see `.watch`)."""
+    poller = _poller(sub.host)
+    poller.subscribe(sub)
+    return poller
+
+
+def check_interval(poll_interval: float) -> float:
+    """A usable poll interval (see `wait`); InvalidValueError names a bad one."""
+    return _check_interval(poll_interval)
+
+
 def _poller(host: str) -> _Poller:
-    loop = asyncio.get_running_loop()
-    registry = _REGISTRY.setdefault(loop, {})
-    key = (id(current_pool()), host)
-    poller = registry.get(key)
+    pollers = current_pool().registry.get(POLLERS)
+    poller = pollers.by_host.get(host)
     if poller is None:
-        poller = registry[key] = _Poller(host, key, registry)
+        poller = pollers.by_host[host] = _Poller(host, pollers)
     return poller
 
 
@@ -308,10 +493,9 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 async def _await_waiter(
-    job_id: int, host: str, poll_interval: float, timeout: float | None, want_running: bool
+    job_id: JobId, host: str, poll_interval: float, timeout: float | None, want_running: bool
 ) -> tuple[object | None, JobStatus | None]:
     """Register a waiter; return (its value or None on timeout, the last squeue row seen)."""
-    check_job_id(job_id)
     interval = _check_interval(poll_interval)
     _check_timeout(timeout)
     poller = _poller(host)
@@ -325,13 +509,13 @@ async def _await_waiter(
         poller.remove(waiter)
 
 
-def _timed_out(job_id: int, timeout: float | None, job: JobStatus | None) -> RunResult:
+def _timed_out(job_id: JobId, timeout: float | None, job: JobStatus | None) -> RunResult:
     state = job.state if job is not None else "unknown"
     return RunResult(-1, "", f"timed out after {timeout}s waiting for job {job_id} (state {state})")
 
 
 async def wait(
-    job_id: int, host: str, poll_interval: float = 10.0, timeout: float | None = None
+    job_id: JobRef, host: str, poll_interval: float = 10.0, timeout: float | None = None
 ) -> JobInfoResult:
     """Wait for a SLURM job to complete.
 
@@ -342,10 +526,12 @@ async def wait(
 
     A job id that squeue never listed and sacct does not know (a wrong id, or one long
     gone) is answered after ``UNKNOWN_JOB_SECONDS`` with no steps and a stderr saying so;
-    a job array's base id waits for every element (see `JobInfoResult.main`).
+    a job array's id waits until every element has ended, and the result lists each
+    element's state and exit code (`JobInfoResult.elements`; `JobInfoResult.main` sums
+    them up). An element id (``"123_4"``) waits for that element only.
 
     Args:
-        job_id: SLURM job id.
+        job_id: SLURM job id (``123``), or an array element (``"123_4"``).
         host: SSH host alias with SLURM access.
         poll_interval: Seconds between status checks (> 0; values below
             ``MIN_POLL_SECONDS`` are raised to it).
@@ -355,15 +541,16 @@ async def wait(
     Returns:
         `JobInfoResult` with the job's final state.
     """
-    value, job = await _await_waiter(job_id, host, poll_interval, timeout, False)
+    ref = job_ref(job_id)
+    value, job = await _await_waiter(ref, host, poll_interval, timeout, False)
     if isinstance(value, JobInfoResult):
         return value
     steps = [info_from_status(job)] if job is not None else []
-    return JobInfoResult(steps, _timed_out(job_id, timeout, job))
+    return JobInfoResult(steps, _timed_out(ref, timeout, job))
 
 
 async def wait_until_running(
-    job_id: int, host: str, poll_interval: float = 10.0, timeout: float | None = None
+    job_id: JobRef, host: str, poll_interval: float = 10.0, timeout: float | None = None
 ) -> tuple[str | None, StatusResult]:
     """Wait until a job is running and return the first allocated hostname.
 
@@ -371,7 +558,8 @@ async def wait_until_running(
     on timeout (then ``ssh_result.returncode`` is -1).
 
     Args:
-        job_id: SLURM job id.
+        job_id: SLURM job id (for an array: until any element runs), or an array
+            element (``"123_4"``).
         host: SSH host alias with SLURM access.
         poll_interval: Seconds between status checks (as for `wait`).
         timeout: Total seconds to wait (as for `wait`).
@@ -379,9 +567,10 @@ async def wait_until_running(
     Returns:
         ``(first node or None, last StatusResult)``.
     """
-    value, job = await _await_waiter(job_id, host, poll_interval, timeout, True)
+    ref = job_ref(job_id)
+    value, job = await _await_waiter(ref, host, poll_interval, timeout, True)
     if isinstance(value, tuple):
         node, st = value
         assert isinstance(st, StatusResult)
         return (node if isinstance(node, str) else None), st
-    return None, StatusResult(job, _timed_out(job_id, timeout, job))
+    return None, StatusResult(job, _timed_out(ref, timeout, job))

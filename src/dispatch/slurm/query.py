@@ -10,13 +10,16 @@ items, which ``run`` quotes one by one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
+from collections.abc import Sequence
 
 from ..errors import InvalidValueError
 from ..results import RunResult
-from ..ssh.commands import run
+from ..ssh import run
 from . import parse
+from .arrays import JobId, JobRef, job_ref, task_in
 from .models import (
     JobInfo,
     JobInfoResult,
@@ -27,6 +30,7 @@ from .models import (
     StatusResult,
 )
 from .states import is_running, is_terminal
+from .together import run_together
 
 __all__ = [
     "status",
@@ -61,13 +65,6 @@ _DBD_DOWN = re.compile(
 _NAME = re.compile(r"^[A-Za-z0-9_.\[\]:@+-][A-Za-z0-9_.\[\],:@+-]*$")
 
 
-def check_job_id(job_id: int) -> int:
-    """Return ``job_id`` if it is a positive int; raise InvalidValueError naming it otherwise."""
-    if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
-        raise InvalidValueError(f"job_id must be a positive int, got {job_id!r}")
-    return job_id
-
-
 def check_name(kind: str, value: str) -> str:
     """Validate a node/partition/user name before it reaches a command line."""
     if not isinstance(value, str) or not _NAME.match(value) or value.startswith("-"):
@@ -93,77 +90,123 @@ def _forgotten(result: RunResult) -> bool:
     return result.returncode == 1 and bool(_UNKNOWN_JOB.search(result.stderr))
 
 
-def _pick(rows: list[JobStatus]) -> JobStatus:
-    """One status for a job id with several rows (array tasks): a running row first."""
-    return next((r for r in rows if is_running(r.state)), rows[0])
+def pick_status(rows: list[JobStatus]) -> JobStatus:
+    """One status for a job id with several rows (array elements): a running row first,
+    else one not finished (a pending remainder), else the first; so an array looks
+    finished only when every element is."""
+    return (
+        next((r for r in rows if is_running(r.state)), None)
+        or next((r for r in rows if not is_terminal(r.state)), None)
+        or rows[0]
+    )
+
+
+def status_of(ref: JobId, row: parse.SqueueRow) -> JobStatus | None:
+    """The status ``row`` gives for ``ref``, if any.
+
+    A plain id matches the job (every element of an array) and an element's own id
+    (``%A``); an element id matches its row, or the pending remainder holding it (then
+    reported as that element, as ``squeue --jobs=123_4`` does).
+    """
+    st = row.status
+    if ref.task is None:
+        return st if ref.base in row.ids else None
+    if st.job_id != ref.base or st.array_task is None:
+        return None
+    element = str(ref.task)
+    if st.array_task == element:
+        return st
+    if task_in(st.array_task, ref.task):
+        return dataclasses.replace(st, array_task=element, raw_id=str(ref))
+    return None
+
+
+def _job_ids(refs: list[JobId]) -> str:
+    """The ``--jobs=`` value: each job once (an element is looked up through its job)."""
+    return ",".join(str(base) for base in sorted({ref.base for ref in refs}))
 
 
 async def squeue_jobs(
-    job_ids: list[int], host: str, timeout: float | None = None
-) -> tuple[dict[int, JobStatus], RunResult]:
+    job_ids: Sequence[JobRef | JobId], host: str, timeout: float | None = None
+) -> tuple[dict[JobId, JobStatus], RunResult]:
     """One ``squeue --jobs=a,b,c`` call -> status by asked id; forgotten jobs are absent.
 
     ``--states=all`` keeps jobs that just ended (for MinJobAge) with their final state.
     When slurmctld has forgotten every id, the result is returncode 0 with empty stderr.
     """
-    jobs, result, _ = await _squeue_jobs(job_ids, host, timeout)
+    jobs, result, _ = await _squeue_jobs([job_ref(j) for j in job_ids], host, timeout)
     return jobs, result
 
 
 async def _squeue_jobs(
-    job_ids: list[int], host: str, timeout: float | None
-) -> tuple[dict[int, JobStatus], RunResult, bool]:
+    refs: list[JobId], host: str, timeout: float | None
+) -> tuple[dict[JobId, JobStatus], RunResult, bool]:
     """Like `squeue_jobs`, plus whether slurmctld has forgotten all the ids."""
-    ids = ",".join(str(check_job_id(j)) for j in job_ids)
-    argv = _argv("squeue", [*parse.SQUEUE_ARGS, "--states=all", f"--jobs={ids}"])
-    result = await query(argv, host, timeout)
+    return squeue_answer(refs, await query(_squeue_argv(refs), host, timeout))
+
+
+def _squeue_argv(refs: list[JobId]) -> list[str]:
+    return _argv("squeue", [*parse.SQUEUE_ARGS, "--states=all", f"--jobs={_job_ids(refs)}"])
+
+
+def squeue_answer(
+    refs: list[JobId], result: RunResult
+) -> tuple[dict[JobId, JobStatus], RunResult, bool]:
+    """Read `_squeue_argv`'s result: status by asked id, the result, and whether slurmctld
+    has forgotten every id (then the result is returncode 0 with empty stderr)."""
     if _forgotten(result):
         # Every id has left squeue: that is an answer, not a failure.
         return {}, RunResult(0, result.stdout, ""), True
     if not result.ok:
         return {}, result, False
-    wanted = set(job_ids)
-    rows: dict[int, list[JobStatus]] = {}
-    for row in parse.parse_squeue_rows(result.stdout):
-        for job_id in row.ids & wanted:
-            rows.setdefault(job_id, []).append(row.status)
-    return {job_id: _pick(group) for job_id, group in rows.items()}, result, False
+    rows = parse.parse_squeue_rows(result.stdout)
+    jobs: dict[JobId, JobStatus] = {}
+    for ref in refs:
+        group = [st for row in rows if (st := status_of(ref, row)) is not None]
+        if group:
+            jobs[ref] = pick_status(group)
+    return jobs, result, False
 
 
-async def status(job_id: int, host: str, timeout: float | None = None) -> StatusResult:
+async def status(job_id: JobRef, host: str, timeout: float | None = None) -> StatusResult:
     """Check the status of a SLURM job.
 
     Reads squeue; ``job`` is None (and no error) once the job left squeue. A job that
-    ended less than MinJobAge ago is shown with its final state.
+    ended less than MinJobAge ago is shown with its final state. For a job array's id
+    the row shown is a running element if any, else an unfinished one; an element id
+    (``"123_4"``) gives that element (pending ones included).
 
     Args:
-        job_id: SLURM job id.
+        job_id: SLURM job id (``123``), or an array element (``"123_4"``).
         host: SSH host alias with SLURM access.
         timeout: Seconds for the SSH call (None: no limit).
 
     Returns:
         `StatusResult` with the parsed `JobStatus` (or None) and the squeue result.
     """
-    jobs, result = await squeue_jobs([job_id], host, timeout)
-    return StatusResult(jobs.get(job_id), result)
+    ref = job_ref(job_id)
+    jobs, result, _ = await _squeue_jobs([ref], host, timeout)
+    return StatusResult(jobs.get(ref), result)
 
 
-async def cancel(job_id: int, host: str, timeout: float | None = None) -> RunResult:
+async def cancel(job_id: JobRef, host: str, timeout: float | None = None) -> RunResult:
     """Cancel a SLURM job.
 
     Runs ``scancel --verbose`` once (not retried: the caller decides). scancel exits 0
     even for a job id it does not know; its verbose error line ("Invalid job id
     specified", "already completing or completed") turns the result into returncode 1.
+    An element id (``"123_4"``) cancels only that element of the array.
 
     Args:
-        job_id: SLURM job id to cancel.
+        job_id: SLURM job id to cancel (``123``: the whole array), or an array element
+            (``"123_4"``).
         host: SSH host alias with SLURM access.
         timeout: Seconds for the SSH call (None: no limit).
 
     Returns:
         `RunResult` of scancel (its "Terminating job" progress lines dropped).
     """
-    res = await run(["scancel", "--verbose", str(check_job_id(job_id))], host, timeout=timeout)
+    res = await run(["scancel", "--verbose", str(job_ref(job_id))], host, timeout=timeout)
     lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("scancel: Terminating")]
     stderr = "".join(f"{ln}\n" for ln in lines)
     failed = res.ok and any("error:" in ln for ln in lines)
@@ -176,23 +219,43 @@ def base_job_id(step_id: str) -> str:
     return re.split(r"[._+]", step_id, maxsplit=1)[0]
 
 
-def group_steps(steps: list[JobInfo]) -> dict[str, list[JobInfo]]:
-    """sacct rows grouped by the job id they belong to."""
-    grouped: dict[str, list[JobInfo]] = {}
-    for step in steps:
-        grouped.setdefault(base_job_id(step.job_id), []).append(step)
-    return grouped
+def steps_of(ref: JobId, rows: list[JobInfo]) -> list[JobInfo]:
+    """The sacct rows (job and steps) of ``ref``.
+
+    A job id gets all its rows (every element of an array); an element id gets its own,
+    or the pending remainder holding it (reported as that element).
+    """
+    if ref.task is None:
+        return [r for r in rows if base_job_id(r.job_id) == str(ref.base)]
+    element = str(ref.task)
+    out: list[JobInfo] = []
+    for r in rows:
+        if r.array_job_id != ref.base or r.array_task is None:
+            continue
+        if r.array_task == element:
+            out.append(r)
+        elif "." not in r.job_id and task_in(r.array_task, ref.task):
+            out.append(dataclasses.replace(r, job_id=str(ref), array_task=element))
+    return out
 
 
 async def sacct_jobs(
-    job_ids: list[int], host: str, timeout: float | None = None
-) -> tuple[dict[str, list[JobInfo]], RunResult]:
-    """One ``sacct -j a,b,c`` call, rows grouped by job id."""
-    ids = ",".join(str(check_job_id(j)) for j in job_ids)
-    result = await query(_argv("sacct", [*parse.SACCT_ARGS, f"--jobs={ids}"]), host, timeout)
+    refs: list[JobId], host: str, timeout: float | None = None
+) -> tuple[list[JobInfo], RunResult]:
+    """One ``sacct -j a,b,c`` call for every asked job; pick each one's rows with
+    `steps_of`."""
+    return sacct_answer(await query(_sacct_argv(refs), host, timeout))
+
+
+def _sacct_argv(refs: list[JobId]) -> list[str]:
+    return _argv("sacct", [*parse.SACCT_ARGS, f"--jobs={_job_ids(refs)}"])
+
+
+def sacct_answer(result: RunResult) -> tuple[list[JobInfo], RunResult]:
+    """Read `_sacct_argv`'s result: the parsed rows (none when it failed) and the result."""
     if not result.ok:
-        return {}, result
-    return group_steps(parse.parse_sacct(result.stdout)), result
+        return [], result
+    return parse.parse_sacct(result.stdout), result
 
 
 def main_step(steps: list[JobInfo]) -> JobInfo | None:
@@ -222,18 +285,20 @@ def _explain_dbd_down(result: RunResult, host: str) -> RunResult:
     return RunResult(result.returncode, result.stdout, stderr, may_have_run=result.may_have_run)
 
 
-async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobInfoResult:
+async def job_info(job_id: JobRef, host: str, timeout: float | None = None) -> JobInfoResult:
     """Get detailed info about a SLURM job (including completed jobs).
 
-    Reads sacct. Right after a job ends slurmdbd may still have no row, or the row may
-    still say RUNNING: when slurmctld still knows the job and says it is over, this
-    retries briefly (up to ``SACCT_SETTLE_SECONDS``) until sacct records a final state.
+    Reads sacct, and squeue in the same remote command (one round of `run`). Right after
+    a job ends slurmdbd may still have no row, or the row may still say RUNNING: when
+    slurmctld still knows the job and says it is over, this retries briefly (up to
+    ``SACCT_SETTLE_SECONDS``) until sacct records a final state.
     A job slurmctld has forgotten (or never had) is answered at once. When slurmdbd is
     unreachable, ``ssh_result.stderr`` says that SLURM accounting is unavailable (with
     sacct's own message).
 
     Args:
-        job_id: SLURM job id.
+        job_id: SLURM job id (``123``: for an array, every element's rows; see
+            `JobInfoResult.elements`), or an array element (``"123_4"``).
         host: SSH host alias with SLURM access.
         timeout: Seconds for each SSH call (None: no limit).
 
@@ -241,29 +306,35 @@ async def job_info(job_id: int, host: str, timeout: float | None = None) -> JobI
         `JobInfoResult` with the job's parsed sacct rows (job and steps) and the sacct
         result.
     """
-    check_job_id(job_id)
+    ref = job_ref(job_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SACCT_SETTLE_SECONDS
     delay = 0.25
     while True:
-        grouped, result = await sacct_jobs([job_id], host, timeout)
-        steps = grouped.get(str(job_id), [])
+        # sacct and squeue asked together: one round trip instead of two in sequence.
+        sacct_res, squeue_res = await run_together(
+            [_sacct_argv([ref]), _squeue_argv([ref])], host, timeout)
+        rows, result = sacct_answer(sacct_res)
+        steps = steps_of(ref, rows)
         if not result.ok:
             return JobInfoResult(steps, _explain_dbd_down(result, host))
         if is_final(steps):
             return JobInfoResult(steps, result)
-        jobs, sq_result, forgotten = await _squeue_jobs([job_id], host, timeout)
-        job = jobs.get(job_id)
+        jobs, sq_result, forgotten = squeue_answer([ref], squeue_res)
+        job = jobs.get(ref)
         over = sq_result.ok and not forgotten and (job is None or is_terminal(job.state))
         if not over or loop.time() >= deadline:
             return JobInfoResult(steps, result)
-        log.debug("job %s is over but sacct has no final state yet; retrying", job_id)
+        log.debug("job %s is over but sacct has no final state yet; retrying", ref)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 
 
 async def queue(host: str, user: str | None = None, timeout: float | None = None) -> QueueResult:
     """List jobs in the SLURM queue.
+
+    Every array element is its own row (see `JobStatus.raw_id`, ``array_task``); the
+    pending rest of an array is one row (``123_[5-19%8]``).
 
     A ``user`` SLURM does not know gives no jobs and ``ssh_result.returncode`` 1 with
     squeue's "Invalid user" message (squeue itself exits 0 then).
@@ -380,29 +451,47 @@ async def nodes_info(
     return {name: info for name, info in found.items() if name in wanted}
 
 
+def _at_least(name: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidValueError(f"{name} must be an int >= {least}, not {value!r}")
+    return value
+
+
 async def available_gpus(
-    partition: str, host: str, gpu_type: str | None = None, timeout: float | None = None
+    partition: str,
+    host: str,
+    gpu_type: str | None = None,
+    timeout: float | None = None,
+    *,
+    min_cpus: int = 1,
+    min_mem_mb: int = 1,
 ) -> list[tuple[str, int]]:
     """Find nodes with available GPUs in a partition.
 
     Uses ONE sinfo call for all nodes. Nodes that are down, drained or failing do not
-    count.
+    count, nor do nodes whose idle CPUs or unallocated memory are fewer than the job
+    needs: a GPU on a node whose CPUs a CPU-only job holds cannot be used.
 
     Args:
         partition: Partition name.
         host: SSH host alias with SLURM access.
         gpu_type: Only GPUs of this type (e.g. ``"a100"``).
         timeout: Seconds for the SSH call (None: no limit).
+        min_cpus: Idle CPUs a node needs for its GPUs to count (the job's CPUs).
+        min_mem_mb: Unallocated memory (MB) a node needs for its GPUs to count.
 
     Returns:
         ``(node, free GPUs)`` tuples, most free first.
     """
     if gpu_type is not None:
         check_name("GPU type", gpu_type)
-    args = [*parse.SINFO_GPU_ARGS, f"--partition={check_name('partition', partition)}"]
+    _at_least("min_cpus", min_cpus, 0)
+    _at_least("min_mem_mb", min_mem_mb, 0)
+    args = [*parse.SINFO_GPU_USABLE_ARGS, f"--partition={check_name('partition', partition)}"]
     result = await query(_argv("sinfo", args), host, timeout)
     if not result.ok:
         log.warning("sinfo on %s failed: %s", host, result.stderr.strip())
         return []
-    free = parse.parse_available_gpus(result.stdout, gpu_type)
+    free = parse.parse_available_gpus(result.stdout, gpu_type, min_cpus=min_cpus,
+                                      min_mem_mb=min_mem_mb)
     return sorted(free, key=lambda item: (-item[1], item[0]))

@@ -1,8 +1,10 @@
 """run, run_many, is_reachable: remote commands over the pool (login shell, quoting, timeouts).
 
-Each command runs with a unique ``DISPATCH_RUN_ID`` in its environment. On timeout the
-pool opens a second channel and kills every process carrying that marker (and their
-sessions): the remote process and its children are gone when ``run`` returns.
+Each command runs with a unique ``DISPATCH_RUN_ID`` in its environment. On timeout (or
+cancellation) a second channel kills every process carrying that marker (and their
+sessions), so the remote tree is gone when ``run`` returns; if that cannot be confirmed,
+the result says so (kills.py). Short commands run in a kept-open login shell, a command
+session (sessions.py), unless the call or the pool turns that off.
 """
 
 from __future__ import annotations
@@ -13,20 +15,28 @@ import logging
 import secrets
 import shlex
 import signal
+import time
 from collections.abc import Iterable, Sequence
 
 import asyncssh
 
+from .._validate import check_seconds
 from ..errors import InvalidValueError
 from ..results import RunResult
-from .pool import ConnectError, Lease, MayHaveRunError, Pool, _jitter, current_pool
+from .connect import jitter
+from .context import current_pool
+from .errors import ConnectError, MayHaveRunError
+from .kills import kill
+from .kills import kill_script as kill_script  # where the unit tests import it from
+from .mux import find_master, run_via_master
+from .output import OutputTarget, Sink, check_max_output, check_target, open_sink
+from .pool import Pool
+from .sessions import SESSIONS, CommandSession, SessionJob, eligible
+from .slots import Lease
 
 __all__ = ["run", "run_many", "is_reachable"]
 
 log = logging.getLogger(__name__)
-
-_KILL_GRACE_ROUNDS = 5  # rounds of SIGTERM (0.1 s apart) before SIGKILL
-_KILL_TIMEOUT = 10.0
 
 
 def command_string(cmd: str | Sequence[str]) -> str:
@@ -44,14 +54,6 @@ def command_string(cmd: str | Sequence[str]) -> str:
     if not text.strip():  # the remote shell would do nothing and report success
         raise InvalidValueError(f"command is empty: {cmd!r}")
     return text
-
-
-def check_timeout(timeout: object, name: str = "timeout") -> None:
-    """Raise InvalidValueError unless ``timeout`` is None or a positive number of seconds."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
 
 
 def check_input(input: object) -> None:
@@ -83,31 +85,13 @@ def wrap_command(text: str, run_id: str, *, login_shell: bool) -> str:
     return f"exec env DISPATCH_RUN_ID={run_id} {shell_args} {shlex.quote(text)}"
 
 
-def kill_script(run_id: str) -> str:
-    """Shell that kills every process tagged ``DISPATCH_RUN_ID=run_id`` and their sessions."""
-    marker = shlex.quote(f"DISPATCH_RUN_ID={run_id}")
-    return (
-        f"m={marker}; i=0\n"
-        "while :; do\n"
-        '  pids=$(grep -lzxF -- "$m" /proc/[0-9]*/environ 2>/dev/null'
-        " | sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p')\n"
-        '  [ -n "$pids" ] || exit 0\n'
-        f"  if [ $i -lt {_KILL_GRACE_ROUNDS} ]; then sig=TERM; else sig=KILL; fi\n"
-        "  sids=$(ps -o sid= -p \"$(echo $pids | tr ' ' ,)\" 2>/dev/null | sort -u)\n"
-        "  for s in $sids; do [ \"$s\" -gt 1 ] && pkill -$sig -s \"$s\" 2>/dev/null; done\n"
-        "  kill -s $sig $pids 2>/dev/null\n"
-        "  i=$((i+1)); [ $i -gt 40 ] && exit 1\n"
-        "  sleep 0.1\n"
-        "done\n"
-    )
-
-
 class _Collector(asyncssh.SSHClientSession[bytes]):
-    """Collects a command's output and exit status; ``done`` resolves when the channel closed."""
+    """Sends a command's output to its sinks and keeps its exit status; ``done`` resolves
+    when the channel closed."""
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
+    def __init__(self, done: asyncio.Future[None], out: Sink, err: Sink) -> None:
+        self.out = out
+        self.err = err
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.lost: Exception | None = None
@@ -115,7 +99,7 @@ class _Collector(asyncssh.SSHClientSession[bytes]):
         self.done = done
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).append(data)
+        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).write(data)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -132,10 +116,6 @@ class _Collector(asyncssh.SSHClientSession[bytes]):
             self.done.set_result(None)
 
 
-def _decode(chunks: list[bytes]) -> str:
-    return b"".join(chunks).decode("utf-8", errors="replace")
-
-
 def _signal_code(name: str) -> int:
     try:
         return 128 + int(signal.Signals["SIG" + name.upper().removeprefix("SIG")])
@@ -143,25 +123,27 @@ def _signal_code(name: str) -> int:
         return 255
 
 
-async def _kill_remote(host: str, run_id: str, pool: Pool | None = None) -> None:
-    """Kill the process tree tagged ``run_id`` over a second channel (bounded in time)."""
-    try:
-        res = await asyncio.wait_for(
-            _run_once(
-                f"exec /bin/sh -c {shlex.quote(kill_script(run_id))}",
-                host,
-                None,
-                login_shell=False,
-                input=None,
-                tag=False,
-                pool=pool,
-            ),
-            _KILL_TIMEOUT,
-        )
-        if not res[0].ok:
-            log.debug("remote kill on %s returned %s: %s", host, res[0].returncode, res[0].stderr)
-    except (TimeoutError, OSError, asyncssh.Error) as exc:
-        log.debug("remote kill on %s failed: %s", host, exc)
+def _timeout_result(
+    host: str, timeout: float | None, started: bool, why: str | None, out: Sink, err: Sink
+) -> RunResult:
+    what = "command" if started else "connecting"
+    msg = f"dispatch: timed out after {timeout}s ({what}) on {host}"
+    if started and why is None:
+        msg += "; the remote process was killed"
+    elif started:
+        msg += f"; killing the remote process could not be confirmed ({why})"
+    return RunResult(-1, out.text(), err.text() + msg + "\n", truncated=_cut(out, err))
+
+
+def _cut(out: Sink, err: Sink) -> bool:
+    return out.truncated or err.truncated
+
+
+def _lost_note(host: str, why: str) -> str:
+    return (
+        f"dispatch: connection to {host} was lost while the command was running{why}; "
+        "it may have run (it was not re-run)\n"
+    )
 
 
 async def _run_once(
@@ -171,13 +153,17 @@ async def _run_once(
     *,
     login_shell: bool,
     input: bytes | str | None,
-    tag: bool = True,
-    pool: Pool | None = None,
+    out: Sink,
+    err: Sink,
+    pool: Pool,
+    said: float | None = None,
 ) -> tuple[RunResult, bool]:
-    """One attempt. Returns the result and whether a retry could help (connection failure)."""
-    pool = pool if pool is not None else current_pool()
+    """One attempt on an exec channel. Returns the result and whether a retry could help.
+
+    ``said`` is the timeout the caller gave, when ``timeout`` is what is left of it.
+    """
     run_id = secrets.token_hex(8)
-    command = wrap_command(text, run_id, login_shell=login_shell) if tag else text
+    command = wrap_command(text, run_id, login_shell=login_shell)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     session: _Collector | None = None
@@ -186,7 +172,7 @@ async def _run_once(
 
     def factory() -> _Collector:
         nonlocal session
-        session = _Collector(done)
+        session = _Collector(done, out, err)
         return session
 
     async def opener(
@@ -195,8 +181,16 @@ async def _run_once(
         return await conn.create_session(factory, command, encoding=None)
 
     data = input.encode("utf-8") if isinstance(input, str) else input and bytes(input)
-    if tag:
-        pool.running[run_id] = (host, asyncio.current_task())
+    master = await find_master(pool, host)  # the user's ControlMaster, if one listens
+    if master is not None:
+        via = await run_via_master(
+            pool, master, command, run_id, data, timeout, out, err, said=said
+        )
+        if via is not None:
+            return via
+    pool.track_run(
+        run_id, host, asyncio.current_task(), kill=lambda: kill(pool, host, run_id, lease)
+    )
     try:
         async with asyncio.timeout(timeout):
             lease, (chan, _) = await pool.open_channel(
@@ -208,22 +202,20 @@ async def _run_once(
             chan.write_eof()
             await done
     except TimeoutError:
-        partial_out = _decode(session.out) if session else ""
-        partial_err = _decode(session.err) if session else ""
         started = session is not None
-        if started:
-            await _kill_remote(host, run_id, pool)
-            if chan is not None:
-                chan.close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(chan.wait_closed(), 2.0)
-        if lease is not None:
-            lease.release()
-        what = "command" if started else "connecting"
-        msg = f"dispatch: timed out after {timeout}s ({what}) on {host}"
-        if started:
-            msg += "; the remote process was killed"
-        return RunResult(-1, partial_out, partial_err + msg + "\n"), False
+        why: str | None = None
+        try:
+            if started:
+                why = await kill(pool, host, run_id, lease)
+                if chan is not None:
+                    chan.close()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(chan.wait_closed(), 2.0)
+        finally:
+            if lease is not None:
+                lease.release()
+        shown = timeout if said is None else said
+        return _timeout_result(host, shown, started, why, out, err), False
     except ConnectError as exc:
         return RunResult(255, "", f"{exc}\n"), exc.transient
     except MayHaveRunError as exc:
@@ -235,35 +227,116 @@ async def _run_once(
     except BaseException:
         # Cancelled by the caller (Ctrl-C in a blocking call, a task group failing): do
         # not leave the remote command running behind our back.
-        kill = None
-        mine = pool.running.pop(run_id, None) is not None  # else close() already killed it
-        if session is not None and tag and not session.closed and mine:
-            kill = pool._spawn_cleanup(_kill_remote(host, run_id, pool))
+        killing = None
+        mine = pool.untrack_run(run_id)  # else close() already killed it
+        if session is not None and not session.closed and mine:
+            killing = pool.spawn_cleanup(kill(pool, host, run_id, lease))
         if chan is not None:
             chan.close()
         if lease is not None:
             lease.release()
-        if kill is not None:  # gone before the caller sees the cancellation (bounded)
+        if killing is not None:  # gone before the caller sees the cancellation (bounded)
             with contextlib.suppress(BaseException):
-                await asyncio.shield(kill)
+                await asyncio.shield(killing)
         raise
     finally:
-        pool.running.pop(run_id, None)
+        pool.untrack_run(run_id)
     assert session is not None and lease is not None
     lease.release()
-    out, err = _decode(session.out), _decode(session.err)
+    cut = _cut(out, err)
     if session.exit_status is not None:
-        return RunResult(session.exit_status, out, err), False
+        return RunResult(session.exit_status, out.text(), err.text(), truncated=cut), False
     if session.exit_signal is not None:
         note = f"dispatch: remote command on {host} was killed by signal {session.exit_signal}\n"
-        return RunResult(_signal_code(session.exit_signal), out, err + note), False
-    lease.mark_dead() if not lease.alive else None
+        return RunResult(
+            _signal_code(session.exit_signal), out.text(), err.text() + note, truncated=cut
+        ), False
     why = f" ({session.lost})" if session.lost else ""
-    note = (
-        f"dispatch: connection to {host} was lost while the command was running{why}; "
-        "it may have run (it was not re-run)\n"
+    return RunResult(
+        255, out.text(), err.text() + _lost_note(host, why), may_have_run=True, truncated=cut
+    ), True
+
+
+async def _run_in_session(
+    text: str,
+    host: str,
+    timeout: float | None,
+    *,
+    login_shell: bool,
+    out: Sink,
+    err: Sink,
+    pool: Pool,
+    wait: bool,
+) -> tuple[RunResult, bool] | None:
+    """One attempt in a command session (see sessions.py); None: use an exec channel.
+
+    Same promises as an exec channel: on timeout or cancellation the command's tree is
+    killed by its run id (the session is closed, not reused); if the session's shell or
+    connection ended mid-command the result says it may have run. ``wait=False``: when
+    the host has no session ready, None at once (one starts in the background).
+    """
+    sp = pool.registry.get(SESSIONS)
+    sp.attach(pool)
+    run_id = secrets.token_hex(8)
+    sess: CommandSession | None = None
+    job: SessionJob | None = None
+    pool.track_run(
+        run_id, host, asyncio.current_task(),
+        kill=lambda: kill(pool, host, run_id, sess.lease if sess else None),
     )
-    return RunResult(255, out, err + note, may_have_run=True), True
+    try:
+        async with asyncio.timeout(timeout):
+            sess = await sp.acquire(host, login_shell, wait=wait)
+            if sess is None:
+                return None
+            job = sess.start(run_id, text, out, err)
+            sp.commands += 1
+            await asyncio.shield(job.done)
+    except TimeoutError:
+        started = job is not None
+        why: str | None = None
+        if job is not None:
+            job.out.flush()
+            job.err.flush()
+        try:
+            if started and sess is not None:
+                why = await kill(pool, host, run_id, sess.lease)
+        finally:
+            if sess is not None:
+                sp.discard(sess)
+        return _timeout_result(host, timeout, started, why, out, err), False
+    except ConnectError as exc:
+        return RunResult(255, "", f"{exc}\n"), exc.transient
+    except BaseException:
+        killing = None
+        mine = pool.untrack_run(run_id)
+        if sess is not None:
+            if job is not None and not job.done.done() and mine:
+                killing = pool.spawn_cleanup(kill(pool, host, run_id, sess.lease))
+            sp.discard(sess)
+        if killing is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(killing)
+        raise
+    finally:
+        pool.untrack_run(run_id)
+    assert sess is not None and job is not None
+    sess.finish()
+    cut = _cut(out, err)
+    if job.status is not None:
+        sp.release(sess)
+        return RunResult(job.status, out.text(), err.text(), truncated=cut), False
+    # The shell or its connection ended before the command was framed: whatever the
+    # command started must not outlive the call (the kill is bounded and idempotent).
+    job.out.flush()
+    job.err.flush()
+    sp.discard(sess)
+    if not pool.closed:  # over any channel of the host (a new connection if need be)
+        await kill(pool, host, run_id, None)
+    why = f" ({job.lost})" if job.lost else ""
+    return RunResult(
+        255, out.text(), err.text() + _lost_note(host, why), may_have_run=True, truncated=cut
+    ), True
 
 
 async def run(
@@ -274,6 +347,10 @@ async def run(
     login_shell: bool = True,
     input: bytes | str | None = None,
     retries: int = 0,
+    session: bool | None = None,
+    max_output: int | None = None,
+    stdout: OutputTarget | None = None,
+    stderr: OutputTarget | None = None,
 ) -> RunResult:
     """Execute a command remotely on a host via SSH.
 
@@ -286,6 +363,17 @@ async def run(
     tree is killed. If the connection breaks after the command started, the result has
     returncode 255 and ``may_have_run=True``; it is re-run only if ``retries`` > 0.
     Cancelling the awaiting task kills the remote command as well.
+
+    Short commands run in a kept-open login shell (a *command session*: one round trip,
+    no login per call) unless ``session=False`` or ``Pool(command_sessions=False)``;
+    commands with ``input``, streamed output or ``$$`` use an exec channel, and so do
+    calls to a host whose first session is still starting (a cold call does not wait for
+    it). The result is the same either way (see the behaviour guide).
+
+    Output is kept in memory whole by default; ``max_output=N`` keeps the first N bytes
+    of each stream (``truncated=True`` in the result when more came), and
+    ``stdout=``/``stderr=`` (a path, or a file opened in binary mode) stream that output
+    to the file instead (the result's text for it is then "").
 
     Secrets belong on stdin (``input=``) or in an uploaded file (``write_file``), never
     in the command line: asyncssh logs every exec'd command line at INFO on its
@@ -300,25 +388,65 @@ async def run(
         input: bytes or text sent to the command's stdin (stdin is closed after it).
         retries: extra attempts when the connection failed or broke (255); a command
             that may already have run is re-run only when this is > 0.
+        session: True: use a command session (on a host with none yet, wait for one to
+            start); False: an exec channel; None (default) follows the pool
+            (``Pool(command_sessions=...)``, on by default), and a call to a host with no
+            session ready yet runs on an exec channel while one starts in the background.
+        max_output: keep at most this many bytes of stdout and of stderr (None: all).
+        stdout: write stdout to this path or binary file instead of the result.
+        stderr: write stderr to this path or binary file instead of the result.
 
     Returns:
         RunResult with returncode, stdout and stderr.
+
+    Raises:
+        InvalidValueError: a bad command, timeout, input, retries, max_output or
+            output target (named in the message).
     """
     text = command_string(cmd)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise InvalidValueError(f"retries must be an int >= 0, not {retries!r}")
-    check_timeout(timeout)
+    if session is not None and not isinstance(session, bool):
+        raise InvalidValueError(f"session must be True, False or None, not {session!r}")
+    check_seconds("timeout", timeout, optional=True)
     check_input(input)
+    check_max_output(max_output)
+    check_target("stdout", stdout)
+    check_target("stderr", stderr)
+    pool = current_pool()
+    use_session = (pool.command_sessions if session is None else session) and eligible(
+        text, has_input=bool(input), streamed=stdout is not None or stderr is not None,
+        timeout=timeout, max_timeout=pool.session_max_timeout,
+    )
     attempt = 0
     while True:
-        result, retryable = await _run_once(
-            text, host, timeout, login_shell=login_shell, input=input
-        )
+        begun = time.monotonic()
+        out = open_sink("stdout", stdout, max_output)
+        err = open_sink("stderr", stderr, max_output)
+        try:
+            got = None
+            if use_session and await find_master(pool, host) is None:
+                got = await _run_in_session(
+                    text, host, timeout, login_shell=login_shell, out=out, err=err, pool=pool,
+                    wait=session is True,
+                )
+            if got is None:  # the session could not start: the rest of the time on exec
+                left = None if timeout is None else max(
+                    0.001, timeout - (time.monotonic() - begun)
+                )
+                got = await _run_once(
+                    text, host, left, login_shell=login_shell, input=input, out=out,
+                    err=err, pool=pool, said=timeout,
+                )
+        finally:
+            out.close()
+            err.close()
+        result, retryable = got
         if not retryable or attempt >= retries:
             return result
         log.debug("run on %s failed (%s); retry %d of %d", host, result.returncode, attempt + 1,
                   retries)
-        await asyncio.sleep(_jitter(0.2, attempt))
+        await asyncio.sleep(jitter(0.2, attempt))
         attempt += 1
 
 
@@ -340,7 +468,7 @@ async def run_many(
         Dict mapping host -> RunResult.
     """
     command_string(cmd)  # invalid arguments raise once, before anything runs
-    check_timeout(timeout)
+    check_seconds("timeout", timeout, optional=True)
     unique = list(dict.fromkeys(check_hosts(hosts)))
 
     async def one(h: str) -> RunResult:

@@ -1,13 +1,15 @@
-"""Where the ssh config and known_hosts live, how a host string splits, and ``hosts()``.
+"""Where the ssh config and known_hosts live, how a host string splits, which aliases exist.
 
 Host *resolution* (HostName, Port, User, IdentityFile, ProxyJump, Include, Match...) is
 done by asyncssh's own OpenSSH config support when a connection is prepared (see
-``dispatch.ssh.pool``); this module only lists aliases, a pure parser plus a small
-I/O wrapper.
+``dispatch.ssh.connect``); this module only lists aliases: a pure parser plus a small
+I/O wrapper (``hosts()`` in hosts.py applies it to the current pool's config).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import glob
 import logging
 import os
@@ -17,7 +19,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["hosts"]
+__all__ = [
+    "HostSpec",
+    "parse_host",
+    "default_ssh_config",
+    "default_known_hosts",
+    "parse_host_aliases",
+    "read_host_aliases",
+    "host_option",
+    "read_host_option",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +103,7 @@ def parse_host(text: str) -> HostSpec:
 
 
 # ---------------------------------------------------------------------------------------
-# hosts(): a pure parser on text, with includes resolved through a callback
+# aliases: a pure parser on text, with includes resolved through a callback
 # ---------------------------------------------------------------------------------------
 
 
@@ -175,17 +186,68 @@ def read_host_aliases(path: Path) -> list[str]:
     return parse_host_aliases(text, _include)
 
 
-def hosts() -> list[str]:
-    """Parse the ssh config to list accessible hosts.
+def _host_matches(patterns: list[str], alias: str) -> bool:
+    """OpenSSH ``Host`` matching: some positive pattern matches and no negated one does."""
+    name = alias.lower()
+    hit = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(name, pattern.lstrip("!").lower()):
+            if negated:
+                return False
+            hit = True
+    return hit
 
-    Returns the host names/aliases defined in the SSH config (``$DISPATCH_SSH_CONFIG``, else
-    ``~/.ssh/config``; inside ``async with Pool(ssh_config=...)`` that pool's file), following
-    ``Include``, in file order without duplicates. Excludes wildcard patterns and special
-    entries (``*``, ``?``, negated ``!`` patterns and ``Match`` blocks).
 
-    Returns:
-        Host aliases in file order (empty if the config file does not exist).
+def host_option(
+    text: str,
+    alias: str,
+    option: str,
+    include: Callable[[str], Iterable[str]] | None = None,
+    _depth: int = 0,
+) -> str | None:
+    """First value of ``option`` that applies to ``alias`` in ssh config ``text`` (as OpenSSH).
+
+    For options asyncssh does not read (StrictHostKeyChecking). ``Host`` blocks and
+    ``Include`` are followed; ``Match`` blocks are not evaluated (their lines are skipped).
     """
-    from .pool import _configured_ssh_config  # local import: pool imports this module
+    active = True  # lines before the first Host apply to every host
+    want = option.lower()
+    for raw in text.splitlines():
+        parsed = _split_line(raw)
+        if parsed is None:
+            continue
+        key, args = parsed
+        if key == "host":
+            active = _host_matches(args, alias)
+        elif key == "match":
+            active = False
+        elif not active:
+            continue
+        elif key == "include" and include is not None and _depth < _MAX_INCLUDE_DEPTH:
+            for pattern in args:
+                for sub in include(pattern):
+                    value = host_option(sub, alias, option, include, _depth + 1)
+                    if value is not None:
+                        return value
+        elif key == want and args:
+            return args[0]
+    return None
 
-    return read_host_aliases(_configured_ssh_config())
+
+def read_host_option(path: Path, alias: str, option: str) -> str | None:
+    """``host_option`` of the config file at ``path`` (Includes followed; missing file -> None)."""
+    base = Path("~/.ssh").expanduser()
+
+    def _include(pattern: str) -> list[str]:
+        texts = []
+        for p in include_paths(pattern, base):
+            with contextlib.suppress(OSError):
+                texts.append(p.read_text(encoding="utf-8", errors="replace"))
+        return texts
+
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return host_option(text, alias, option, _include)

@@ -1,32 +1,38 @@
 """copy_to, copy_from, write_file: SFTP over the pool, atomic on the receiving side.
 
-Every upload lands under a temporary name in the target directory and is renamed into
-place (``posix-rename``), so a killed transfer never leaves a truncated file under the
-final name. A directory is uploaded into a temporary sibling and renamed as a whole; if
-the target directory already exists its files are moved in one by one (each atomically).
-Paths follow ``scp``: copying onto an existing directory puts the source inside it.
+Every file lands under a temporary name beside its final name and is renamed into place
+(``posix-rename``), so a killed transfer never leaves a truncated file under the final
+name. Where a copy lands, and what happens to what is there, follows ``scp`` and
+``cp -r`` (docs/guides/copying.md): into an existing directory the source goes inside
+it; an existing file keeps its mode and is refused if it is not writable; a symlink is
+written through. A new directory tree lands as a whole (one rename); one merged into an
+existing directory is checked completely before its files are renamed into place.
+
+Round trips: each connection keeps one SFTP session (sftp.py) and requests are
+pipelined: a small ``copy_to`` costs 3 round trips (look + create, write + close,
+rename), a small ``copy_from`` 2 (look + open, read + close), ``write_file`` 3.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import posixpath
-import secrets
-import shutil
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
+from .._validate import check_seconds
 from ..errors import InvalidValueError
 from ..results import RunResult
-from .commands import check_timeout
-from .pool import ConnectError, Lease, current_pool
+from . import sftp as sf
+from .download import get_tree, local_file_target, write_local_file
+from .errors import ConnectError
+from .trees import Tracker, put_tree
 
 __all__ = ["copy_to", "copy_from", "write_file"]
 
@@ -35,19 +41,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """Progress callback: ``progress(bytes_done, bytes_total)``."""
 
-# -1: asyncssh sizes requests from the server's limits@openssh.com reply (OpenSSH's
-# sftp-server: 255 KiB; a larger block makes it drop the session).
-BLOCK_SIZE = -1
-MAX_REQUESTS = 128  # parallel requests in flight per file
-PARALLEL_FILES = 16  # files of a directory tree in flight at once
-
-
-class _Failed(Exception):
-    """A transfer failed for a reason the caller should read (returncode, message)."""
-
-    def __init__(self, returncode: int, message: str) -> None:
-        super().__init__(message)
-        self.returncode = returncode
+_Failed = sf.Failed
 
 
 def _remote(path: str) -> str:
@@ -72,153 +66,8 @@ def _local_path(path: object) -> Path:
     return Path(path)
 
 
-def _tmp_name(final: str, sep: str = "/") -> str:
-    parent, base = posixpath.split(final.rstrip("/")) if sep == "/" else os.path.split(final)
-    name = f".{base}.dispatch-{secrets.token_hex(6)}.tmp"
-    return posixpath.join(parent, name) if sep == "/" else os.path.join(parent, name)
-
-
-@contextlib.asynccontextmanager
-async def _sftp(host: str) -> AsyncIterator[asyncssh.SFTPClient]:
-    """An SFTP client on a pooled connection, holding one channel slot while in use."""
-    pool = current_pool()
-    lease: Lease
-    lease, client = await pool.open_channel(host, lambda conn: conn.start_sftp_client())
-    try:
-        yield client
-    finally:
-        client.exit()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.wait_closed(), 5.0)
-        lease.release()
-
-
-class _Tracker:
-    """Turns asyncssh's per-file progress into one (done, total) stream."""
-
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.total, self.progress, self.files = total, progress, dict[bytes | str, int]()
-
-    def __call__(self, src: bytes, dst: bytes, done: int, total: int) -> None:
-        self.files[src] = done
-        if self.progress is not None:
-            self.progress(sum(self.files.values()), self.total)
-
-
-def _local_size(path: Path) -> int:
-    if not path.exists():
-        raise _Failed(1, f"dispatch: copy_to: local path {str(path)!r} does not exist")
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-async def _remote_isdir(sftp: asyncssh.SFTPClient, path: str) -> bool | None:
-    """True/False for an existing dir/non-dir, None when nothing is there."""
-    try:
-        attrs = await sftp.stat(path)
-    except asyncssh.SFTPNoSuchFile:
-        return None
-    return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
-
-
-async def _rm_remote(sftp: asyncssh.SFTPClient, path: str) -> None:
-    with contextlib.suppress(Exception):
-        if await _remote_isdir(sftp, path):
-            await sftp.rmtree(path)
-        else:
-            await sftp.remove(path)
-
-
-async def _rename(sftp: asyncssh.SFTPClient, src: str, dst: str) -> None:
-    try:
-        await sftp.posix_rename(src, dst)
-    except asyncssh.SFTPOpUnsupported:
-        await sftp.rename(src, dst, flags=asyncssh.FXR_OVERWRITE)
-
-
-async def _makedirs(sftp: asyncssh.SFTPClient, path: str, host: str) -> None:
-    """Create ``path`` and its missing parents, one level at a time.
-
-    asyncssh's ``makedirs`` hides a refused intermediate ``mkdir`` and then reports "No
-    such file"; here the first level that cannot be created is named with the reason.
-    """
-    missing: list[str] = []
-    cur = path.rstrip("/")
-    while cur not in ("", "/", "."):
-        try:
-            kind = await _remote_isdir(sftp, cur)
-        except asyncssh.SFTPPermissionDenied:
-            raise _Failed(
-                1, f"dispatch: cannot access '{cur}' on {host}: Permission denied") from None
-        if kind is True:
-            break
-        if kind is False:
-            raise _Failed(
-                1, f"dispatch: cannot create directory '{cur}' on {host}: File exists "
-                "(not a directory)")
-        missing.append(cur)
-        cur = posixpath.dirname(cur)
-    for d in reversed(missing):
-        try:
-            await sftp.mkdir(d)
-        except asyncssh.SFTPPermissionDenied:
-            raise _Failed(
-                1, f"dispatch: cannot create directory '{d}' on {host}: Permission denied"
-            ) from None
-        except asyncssh.SFTPError:
-            if await _remote_isdir(sftp, d) is not True:  # not made concurrently: a real error
-                raise
-
-
-def _sftp_error(exc: BaseException) -> asyncssh.SFTPError | None:
-    """The SFTP error behind ``exc`` (possibly inside a TaskGroup's ExceptionGroup)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc if isinstance(exc, asyncssh.SFTPError) else None
-
-
-async def _explain(
-    sftp: asyncssh.SFTPClient, exc: asyncssh.SFTPError, host: str, path: str, size: int
-) -> _Failed:
-    """A clear message for a failed write: SFTP says only "Failure" when the disk is full.
-
-    Asks the server for the free space of the target's filesystem (``statvfs``, an
-    OpenSSH extension; skipped if unsupported) while the partial temp file still exists.
-    """
-    parent = posixpath.dirname(path.rstrip("/")) or "."
-    if not isinstance(exc, asyncssh.SFTPPermissionDenied | asyncssh.SFTPNoSuchFile):
-        free, probe = None, parent
-        for _ in range(8):  # the nearest existing ancestor (a failed mkdir left none)
-            try:
-                vfs = await asyncio.wait_for(sftp.statvfs(probe), 10.0)
-                free = int(vfs.bavail) * int(vfs.frsize or vfs.bsize)
-                break
-            except asyncssh.SFTPNoSuchFile:
-                probe = posixpath.dirname(probe) or "."
-            except (asyncssh.Error, OSError, TimeoutError):
-                break
-        if free is not None and free < size:
-            return _Failed(
-                1, f"dispatch: No space left on device on {host}:{parent} ({free} bytes free, "
-                f"{size} bytes to write)")
-    return _Failed(1, f"dispatch: writing {host}:{path}: {exc.reason}")
-
-
-async def _explain_write(
-    sftp: asyncssh.SFTPClient, exc: asyncssh.SFTPError, host: str, path: str, size: int
-) -> _Failed:
-    """Like ``_explain``, but first: the rename failed because the target is a directory."""
-    with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
-        if await asyncio.wait_for(_remote_isdir(sftp, path), 10.0):
-            return _Failed(1, f"dispatch: writing {host}:{path}: it is a directory")
-    return await _explain(sftp, exc, host, path, size)
-
-
 def _result(exc: BaseException, what: str, host: str, timeout: float | None) -> RunResult:
-    # Parallel directory uploads fail as an ExceptionGroup (TaskGroup): report the first.
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    exc = sf.first_error(exc)  # parallel tree transfers fail as an ExceptionGroup
     if isinstance(exc, TimeoutError):
         return RunResult(-1, "", f"dispatch: {what} on {host} timed out after {timeout}s\n")
     if isinstance(exc, ConnectError):
@@ -231,6 +80,107 @@ def _result(exc: BaseException, what: str, host: str, timeout: float | None) -> 
         return RunResult(255 if isinstance(exc, asyncssh.Error) else 1, "",
                          f"dispatch: {what} on {host}: {exc}\n")
     raise exc
+
+
+def _sftp_error(exc: BaseException) -> asyncssh.SFTPError | None:
+    err = sf.first_error(exc)
+    return err if isinstance(err, asyncssh.SFTPError) else None
+
+
+async def _create_tmp(
+    sftp: asyncssh.SFTPClient, tmp: str, opened: object, host: str, final: str
+) -> asyncssh.SFTPClientFile:
+    """The handle of ``tmp`` (``opened``: a speculative open's result), parents made if needed."""
+    if isinstance(opened, asyncssh.SFTPClientFile):
+        return opened
+    if isinstance(opened, asyncssh.SFTPNoSuchFile):
+        await sf.makedirs(sftp, posixpath.dirname(tmp), host)
+        try:
+            return await sf.open_new(sftp, tmp)
+        except asyncssh.SFTPError as exc:
+            opened = exc
+    if isinstance(opened, asyncssh.SFTPPermissionDenied):
+        raise _Failed(1, f"dispatch: cannot create {host}:{final}: Permission denied")
+    if isinstance(opened, asyncssh.SFTPError):
+        raise _Failed(1, f"dispatch: cannot create {host}:{final}: {opened.reason}")
+    if isinstance(opened, BaseException):
+        raise opened
+    raise AssertionError(opened)
+
+
+async def _land(
+    sftp: asyncssh.SFTPClient,
+    host: str,
+    tmp: str,
+    fh: asyncssh.SFTPClientFile,
+    final: str,
+    read: Callable[[int, int], bytes],
+    size: int,
+    attrs: asyncssh.SFTPAttrs,
+    progress: Callable[[int], None],
+    *,
+    check_writable: bool = False,
+    side: list[Awaitable[Any]] | None = None,
+) -> None:
+    """Write ``tmp`` (open as ``fh``) and rename it onto ``final``; on failure remove it.
+
+    ``check_writable``: ``final`` is an existing file that must stay untouched unless we
+    may write it (scp's rule; the probe open is pipelined with the data for small files).
+    ``side``: cleanup requests to send along with the data (a spare temp file's removal).
+    """
+    probe_fh: asyncssh.SFTPClientFile | None = None
+    probe_res: object = None
+    try:
+        limit = int(sftp.limits.max_write_len or 32768)
+        probe = sf.open_probe(sftp, final) if check_writable else None
+        if probe is not None and size > 4 * limit:  # a big upload: ask before sending it all
+            probe_res = (await sf.batch(probe))[0]
+            probe = None
+        extra = [probe] if probe is not None else []
+        results = await sf.batch(
+            sf.send_file(sftp, fh, read, size, attrs, progress), *extra, *(side or []))
+        if check_writable:
+            probe_res = probe_res if not extra else results[1]
+            if isinstance(probe_res, asyncssh.SFTPClientFile):
+                probe_fh = probe_res
+            elif isinstance(probe_res, asyncssh.SFTPPermissionDenied):
+                raise _Failed(1, f"dispatch: cannot write {host}:{final}: Permission denied "
+                              "(not writable; left unchanged)")
+        if isinstance(results[0], Exception):
+            raise results[0]
+        renamed = await sf.batch(sf.rename(sftp, tmp, final),
+                                 *([probe_fh.close()] if probe_fh else []))
+        probe_fh = None
+        if isinstance(renamed[0], Exception):
+            raise renamed[0]
+    except BaseException as exc:
+        err = _sftp_error(exc)
+        clear = await asyncio.shield(_explain_write(sftp, err, host, final, size)) \
+            if err else None
+        await asyncio.shield(_cleanup(sftp, [fh, probe_fh], [tmp]))
+        if clear is not None:
+            raise clear from None
+        raise
+
+
+async def _cleanup(sftp: asyncssh.SFTPClient, handles: list[asyncssh.SFTPClientFile | None],
+                   files: list[str]) -> None:
+    for h in handles:
+        await sf.close_quietly(h)
+    await sf.remove_quietly(sftp, files)
+
+
+async def _explain_write(
+    sftp: asyncssh.SFTPClient, exc: asyncssh.SFTPError, host: str, path: str, size: int
+) -> _Failed:
+    """Like ``sf.explain``, but first: the rename failed because the target is a directory."""
+    try:
+        res = await asyncio.wait_for(sf.batch(*sf.probe(sftp, path)), 10.0)
+        if sf.entry_of(path, *res).is_dir:
+            return _Failed(1, f"dispatch: writing {host}:{path}: it is a directory")
+    except (asyncssh.Error, OSError, TimeoutError):
+        pass
+    return await sf.explain(sftp, exc, host, path, size)
 
 
 async def write_file(
@@ -247,7 +197,8 @@ async def write_file(
     (created 0600, then set to ``mode``). Failure: returncode != 0 with a clear stderr
     naming the host and path (a full disk says "No space left on device" with the free
     bytes; an uncreatable parent says which directory and why), and no partial file under
-    the final name.
+    the final name. Unlike ``copy_to``, the name itself is replaced (a symlink there is
+    replaced by the file) and the file always gets ``mode``.
 
     Args:
         host: SSH host (name, alias, ``user@host`` or ``host:port``).
@@ -260,7 +211,7 @@ async def write_file(
         RunResult: returncode 0 on success; non-zero with stderr on failure (255 when the
         host cannot be reached, -1 on timeout).
     """
-    check_timeout(timeout)
+    check_seconds("timeout", timeout, optional=True)
     if isinstance(data, str):
         data = data.encode("utf-8")
     elif isinstance(data, bytearray | memoryview):
@@ -270,27 +221,15 @@ async def write_file(
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
         raise InvalidValueError(f"write_file mode must be permission bits (0o600), not {mode!r}")
     what = f"write_file {remote_path!r}"
+    payload = data
     try:
-        async with asyncio.timeout(timeout), _sftp(host) as sftp:
+        async with asyncio.timeout(timeout), sf.session(host) as sftp:
             path = _remote(remote_path)
-            parent = posixpath.dirname(path.rstrip("/"))
-            tmp = _tmp_name(path)
-            try:
-                if parent:
-                    await _makedirs(sftp, parent, host)
-                attrs = asyncssh.SFTPAttrs(permissions=0o600)
-                async with sftp.open(tmp, "wb", attrs) as fh:
-                    await fh.write(data)
-                await sftp.chmod(tmp, mode)
-                await _rename(sftp, tmp, path)
-            except BaseException as exc:
-                err = _sftp_error(exc)
-                clear = await asyncio.shield(_explain_write(sftp, err, host, path, len(data))) \
-                    if err else None
-                await asyncio.shield(_rm_remote(sftp, tmp))
-                if clear is not None:
-                    raise clear from None
-                raise
+            tmp = sf.tmp_name(path)
+            opened = (await sf.batch(sf.open_new(sftp, tmp)))[0]
+            fh = await _create_tmp(sftp, tmp, opened, host, path)
+            await _land(sftp, host, tmp, fh, path, lambda o, n: payload[o:o + n], len(payload),
+                        asyncssh.SFTPAttrs(permissions=mode), lambda n: None)
     except Exception as exc:
         return _result(exc, what, host, timeout)
     return RunResult(0, "", "")
@@ -303,15 +242,26 @@ async def copy_to(
     timeout: float | None = None,
     *,
     progress: Progress | None = None,
+    preserve: bool = False,
 ) -> RunResult:
-    """Copy a local file/directory to a remote host (SFTP, recursive, modes preserved).
+    """Copy a local file/directory to a remote host (SFTP, recursive), like ``scp -r``.
 
-    The upload lands atomically (temporary name in the target directory, then rename).
-    Like ``scp``: onto an existing remote directory, the source goes inside it. On a
-    failure, timeout or cancellation the temporary file is removed and the final name is
-    untouched. Only if this process is killed outright (SIGKILL, power loss) can a
-    ``.<name>.dispatch-<hex>.tmp`` file stay behind in the target directory; the final
-    name still never holds a partial file.
+    Where it lands follows ``scp``/``cp -r``: onto an existing remote directory (or a
+    path ending in ``/``, created if missing) the source goes inside it; otherwise it
+    lands at ``remote_path`` (missing parents are created). An existing file is replaced
+    atomically and keeps its mode; one you cannot write (0444) is refused and left
+    unchanged; a symlink is written through (the link stays, the file it points to is
+    replaced). A new file gets the source's mode. Inside a copied directory, relative
+    links that stay inside it are copied as links, every other link as what it points to.
+    The rules in full: docs/guides/copying.md.
+
+    Every file lands atomically (temporary name beside it, then rename). A new directory
+    lands as a whole; one merged into an existing directory is checked before anything
+    is renamed into place, and if a rename still fails the error names the files that
+    landed. On a failure, timeout or cancellation temporary files are removed. Only if
+    this process is killed outright (SIGKILL, power loss) can a
+    ``.<name>.dispatch-<hex>.tmp`` file stay behind; a final name never holds a partial
+    file.
 
     Args:
         local_path: local file or directory path.
@@ -319,189 +269,113 @@ async def copy_to(
         remote_path: destination path on remote host (``~/`` is the home directory).
         timeout: optional timeout in seconds.
         progress: optional callback ``progress(bytes_done, bytes_total)``.
+        preserve: like ``scp -p``: set modification times and modes from the source,
+            also on files and directories that already existed.
 
     Returns:
         RunResult with returncode, stdout, and stderr.
     """
-    check_timeout(timeout)
+    check_seconds("timeout", timeout, optional=True)
     src = _local_path(local_path)
     what = f"copy_to {str(src)!r} -> {remote_path!r}"
     try:
-        tracker = _Tracker(_local_size(src), progress)
-        async with asyncio.timeout(timeout), _sftp(host) as sftp:
+        try:
+            st = src.stat()
+        except FileNotFoundError:
+            raise _Failed(1, f"dispatch: copy_to: local path {str(src)!r} does not exist") \
+                from None
+        async with asyncio.timeout(timeout), sf.session(host) as sftp:
             dst = _remote(remote_path)
-            kind = await _remote_isdir(sftp, dst)
-            if kind is None and remote_path.endswith("/"):
-                await _makedirs(sftp, dst, host)
-                kind = True
-            target = posixpath.join(dst, src.name) if kind else dst.rstrip("/") or dst
-            parent = posixpath.dirname(target)
-            if parent:
-                await _makedirs(sftp, parent, host)
-            await _upload(sftp, src, target, tracker, host)
+            into = remote_path.endswith("/") or dst == "."
+            if stat.S_ISDIR(st.st_mode):
+                await put_tree(sftp, src, dst, into, host, progress, preserve)
+            else:
+                await _put_file(sftp, src, st, dst, into, host,
+                                Tracker(st.st_size, progress), preserve)
     except Exception as exc:
         return _result(exc, what, host, timeout)
     return RunResult(0, "", "")
 
 
-@dataclass
-class _Listing:
-    """A directory tree: dirs (top-down, with modes), regular files, symlinks (with targets)."""
-
-    dirs: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
-    files: list[tuple[str, ...]] = field(default_factory=list)
-    links: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
-
-
-def _local_listing(src: Path) -> _Listing:
-    out = _Listing()
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = Path(dirpath).relative_to(src).parts
-        out.dirs.append((rel, os.stat(dirpath).st_mode & 0o7777))
-        for name in [*filenames, *dirnames]:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                out.links.append(((*rel, name), os.readlink(full)))
-            elif name in filenames:
-                out.files.append((*rel, name))
-    return out
-
-
-async def _in_parallel(jobs: list[Callable[[], Awaitable[None]]]) -> None:
-    """Run transfer jobs a few at a time (SFTP pipelines them over the one channel)."""
-    sem = asyncio.Semaphore(PARALLEL_FILES)
-
-    async def one(job: Callable[[], Awaitable[None]]) -> None:
-        async with sem:
-            await job()
-
-    async with asyncio.TaskGroup() as tg:
-        for job in jobs:
-            tg.create_task(one(job))
-
-
-async def _put_tree(sftp: asyncssh.SFTPClient, src: Path, dst: str, tracker: _Tracker) -> None:
-    """Upload directory ``src`` as new remote directory ``dst``, files in parallel."""
-    listing = _local_listing(src)
-    for rel, _mode in listing.dirs:  # writable while filling; final modes set at the end
-        await sftp.mkdir(posixpath.join(dst, *rel), asyncssh.SFTPAttrs(permissions=0o700))
-
-    def put(rel: tuple[str, ...]) -> Callable[[], Awaitable[None]]:
-        return lambda: sftp.put(
-            str(src.joinpath(*rel)), posixpath.join(dst, *rel), preserve=True,
-            block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=tracker,
-        )
-
-    await _in_parallel([put(rel) for rel in listing.files])
-    for rel, target in listing.links:
-        await sftp.symlink(target, posixpath.join(dst, *rel))
-    for rel, mode in reversed(listing.dirs):
-        await sftp.chmod(posixpath.join(dst, *rel), mode)
-
-
-async def _remote_listing(
-    sftp: asyncssh.SFTPClient, root: str, rel: tuple[str, ...] = (), out: _Listing | None = None
-) -> _Listing:
-    out = out if out is not None else _Listing()
-    here = posixpath.join(root, *rel)
-    out.dirs.append((rel, (await sftp.stat(here)).permissions or 0o755))
-    for entry in await sftp.readdir(here):
-        name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
-        if name in (".", ".."):
-            continue
-        perms = entry.attrs.permissions or 0
-        if stat.S_ISDIR(perms):
-            await _remote_listing(sftp, root, (*rel, name), out)
-        elif stat.S_ISLNK(perms):
-            out.links.append(((*rel, name), str(await sftp.readlink(posixpath.join(here, name)))))
-        elif stat.S_ISREG(perms):
-            out.files.append((*rel, name))
-    return out
-
-
-def _make_local_dirs(dst: Path, listing: _Listing) -> None:
-    for rel, _mode in listing.dirs:
-        dst.joinpath(*rel).mkdir(mode=0o700, exist_ok=False)
-
-
-def _finish_local_tree(dst: Path, listing: _Listing) -> None:
-    for rel, target in listing.links:
-        os.symlink(target, dst.joinpath(*rel))
-    for rel, mode in reversed(listing.dirs):
-        os.chmod(dst.joinpath(*rel), stat.S_IMODE(mode))
-
-
-async def _get_tree(sftp: asyncssh.SFTPClient, src: str, dst: Path, tracker: _Tracker) -> None:
-    """Download remote directory ``src`` as new local directory ``dst``, files in parallel."""
-    listing = await _remote_listing(sftp, src)
-    _make_local_dirs(dst, listing)
-
-    def get(rel: tuple[str, ...]) -> Callable[[], Awaitable[None]]:
-        return lambda: sftp.get(
-            posixpath.join(src, *rel), str(dst.joinpath(*rel)), preserve=True,
-            block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=tracker,
-        )
-
-    await _in_parallel([get(rel) for rel in listing.files])
-    _finish_local_tree(dst, listing)
-
-
-def _is_dir(path: Path) -> bool:
-    return path.is_dir()
-
-
-def _local_tree(src: Path) -> list[tuple[str, int, list[str]]]:
-    """(relative dir, its mode, entries to move) for every directory under ``src``."""
-    tree = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-        tree.append((rel, os.stat(dirpath).st_mode & 0o7777, filenames + links))
-    return tree
-
-
-async def _upload(
-    sftp: asyncssh.SFTPClient, src: Path, target: str, tracker: _Tracker, host: str
+async def _put_file(
+    sftp: asyncssh.SFTPClient,
+    src: Path,
+    st: os.stat_result,
+    dst: str,
+    into: bool,
+    host: str,
+    tracker: Tracker,
+    preserve: bool,
 ) -> None:
-    existing = await _remote_isdir(sftp, target)
-    is_dir = _is_dir(src)
-    if is_dir and existing is False:
-        raise _Failed(1, f"dispatch: copy_to: {target!r} exists and is not a directory")
-    if not is_dir and existing is True:
-        raise _Failed(1, f"dispatch: copy_to: {target!r} is a directory")
-    tmp = _tmp_name(target)
+    """One file: look at ``dst`` and ``dst/name`` and create both temp candidates at once."""
+    inside = posixpath.join(dst, src.name)
+    tmp_in, tmp_at = sf.tmp_name(inside), sf.tmp_name(dst.rstrip("/") or dst)
+    opens = [sf.open_new(sftp, tmp_in)] + ([] if into else [sf.open_new(sftp, tmp_at)])
+    first = await sf.batch(*sf.probe(sftp, dst), *sf.probe(sftp, inside), *opens)
+    at, within = sf.entry_of(dst, *first[0:2]), sf.entry_of(inside, *first[2:4])
+    opened = {tmp_in: first[4], tmp_at: first[5] if not into else None}
+    if at.is_dir:
+        target, entry, tmp = inside, within, tmp_in
+    elif into:
+        if at.exists:
+            raise _Failed(1, f"dispatch: copy_to: {dst!r} exists and is not a directory")
+        target, entry, tmp = inside, within, tmp_in
+    else:
+        target, entry, tmp = dst.rstrip("/") or dst, at, tmp_at
+    side: list[Awaitable[Any]] = []  # removal of the speculative temp not used
+
+    def drop(t: str) -> None:
+        h = opened.get(t)
+        if isinstance(h, asyncssh.SFTPClientFile):
+            side.extend([sf.close_quietly(h), sf.remove_quietly(sftp, [t])])
+        opened[t] = None
+
+    for t in list(opened):
+        if t != tmp:
+            drop(t)
     try:
-        if is_dir:
-            await _put_tree(sftp, src, tmp, tracker)
-        else:
-            await sftp.put(
-                str(src), tmp, preserve=True,
-                block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=tracker,
-            )
-        if not is_dir or existing is None:
-            await _rename(sftp, tmp, target)
-            return
-        # Merge into an existing directory: each file renamed into place, atomically.
-        for rel, mode, names in _local_tree(src):
-            parts = Path(rel).parts if rel != "." else ()
-            rdir = posixpath.join(target, *parts)
-            tdir = posixpath.join(tmp, *parts)
-            if parts and await _remote_isdir(sftp, rdir) is None:
-                await sftp.mkdir(rdir, asyncssh.SFTPAttrs(permissions=mode))
-            for name in names:
-                rdst = posixpath.join(rdir, name)
-                if await _remote_isdir(sftp, rdst):
-                    raise _Failed(1, f"dispatch: copy_to: {rdst!r} is a directory")
-                await _rename(sftp, posixpath.join(tdir, name), rdst)
-        await sftp.rmtree(tmp)
-    except BaseException as exc:
-        err = _sftp_error(exc)
-        clear = await asyncio.shield(_explain(sftp, err, host, target, tracker.total)) if err \
-            else None
-        await asyncio.shield(_rm_remote(sftp, tmp))
-        if clear is not None:
-            raise clear from None
+        final, existing = await _resolve(sftp, host, target, entry)
+        if final != target:  # a symlink: the temp goes beside the file it points to
+            drop(tmp)
+            tmp = sf.tmp_name(final)
+            opened[tmp] = (await sf.batch(sf.open_new(sftp, tmp)))[0]
+        fh = await _create_tmp(sftp, tmp, opened[tmp], host, final)
+    except BaseException:
+        drop(tmp)
+        await asyncio.shield(sf.batch(*side))
         raise
+    mode = stat.S_IMODE(st.st_mode) if existing is None or preserve else existing
+    attrs = asyncssh.SFTPAttrs(permissions=mode)
+    if preserve:
+        attrs = asyncssh.SFTPAttrs(permissions=mode, atime=int(st.st_atime),
+                                   mtime=int(st.st_mtime))
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        await _land(sftp, host, tmp, fh, final, lambda o, n: os.pread(fd, n, o), st.st_size,
+                    attrs, tracker.add, check_writable=existing is not None, side=side)
+    finally:
+        os.close(fd)
+
+
+async def _resolve(
+    sftp: asyncssh.SFTPClient, host: str, target: str, entry: sf.Entry
+) -> tuple[str, int | None]:
+    """Where a file copied onto ``target`` really goes, and the mode of what is there."""
+    if entry.kind == "dir":
+        raise _Failed(1, f"dispatch: copy_to: {target!r} is a directory")
+    if entry.kind == "other":
+        raise _Failed(1, f"dispatch: copy_to: {target!r} is not a regular file")
+    if entry.error is not None:
+        raise entry.error
+    if entry.kind == "file" and not entry.mode & 0o222:
+        raise _Failed(1, f"dispatch: copy_to: cannot write {host}:{target}: read-only "
+                      f"(mode {entry.mode:04o}; left unchanged)")
+    if entry.link:
+        if entry.kind is None:
+            raise _Failed(1, f"dispatch: copy_to: {host}:{target} is a symlink to nothing")
+        real = str(await sftp.realpath(target))
+        return real, entry.mode
+    return target, entry.mode if entry.kind == "file" else None
 
 
 async def copy_from(
@@ -511,11 +385,14 @@ async def copy_from(
     timeout: float | None = None,
     *,
     progress: Progress | None = None,
+    preserve: bool = False,
 ) -> RunResult:
-    """Copy a remote file/directory to local (SFTP, recursive, modes preserved).
+    """Copy a remote file/directory to local (SFTP, recursive), like ``scp -r``.
 
-    The download lands atomically (temporary name next to the target, then rename). Like
-    ``scp``: onto an existing local directory, the source goes inside it.
+    The same rules as ``copy_to``, mirrored (docs/guides/copying.md): onto an existing
+    local directory the source goes inside it; an existing file is replaced atomically,
+    keeps its mode, and is refused if not writable (0444); a local symlink is written
+    through; a new file gets the remote file's mode.
 
     Args:
         host: SSH host.
@@ -523,95 +400,66 @@ async def copy_from(
         local_path: local destination path.
         timeout: optional timeout in seconds.
         progress: optional callback ``progress(bytes_done, bytes_total)``.
+        preserve: like ``scp -p``: set modification times and modes from the source,
+            also on files and directories that already existed.
 
     Returns:
         RunResult with returncode, stdout, and stderr.
     """
-    check_timeout(timeout)
+    check_seconds("timeout", timeout, optional=True)
     dst = _local_path(local_path)
     what = f"copy_from {remote_path!r} -> {str(dst)!r}"
     try:
-        async with asyncio.timeout(timeout), _sftp(host) as sftp:
+        async with asyncio.timeout(timeout), sf.session(host) as sftp:
             src = _remote(remote_path)
-            kind = await _remote_isdir(sftp, src)
-            if kind is None:
+            first = await sf.batch(sftp.stat(src), sf.open_read(sftp, src))
+            attrs, fh = first
+            if not isinstance(attrs, asyncssh.SFTPAttrs) and isinstance(
+                    fh, asyncssh.SFTPClientFile):
+                await sf.close_quietly(fh)
+            if isinstance(attrs, asyncssh.SFTPNoSuchFile):
                 raise _Failed(1, f"dispatch: copy_from: {remote_path!r} does not exist on {host}")
-            target = _local_target(dst, posixpath.basename(src.rstrip("/")) or "home")
-            total = await _remote_size(sftp, src, kind)
-            await _download(sftp, src, target, kind, _Tracker(total, progress))
+            if not isinstance(attrs, asyncssh.SFTPAttrs):
+                raise attrs if isinstance(attrs, Exception) else AssertionError(attrs)
+            name = posixpath.basename(src.rstrip("/")) or "home"
+            if stat.S_ISDIR(attrs.permissions or 0):
+                spare = [sf.close_quietly(fh)] if isinstance(fh, asyncssh.SFTPClientFile) else []
+                await get_tree(sftp, src, attrs, dst, name, progress, preserve, spare)
+                return RunResult(0, "", "")
+            if not isinstance(fh, asyncssh.SFTPClientFile):
+                raise fh if isinstance(fh, Exception) else AssertionError(fh)
+            await _get_file(sftp, src, fh, attrs, dst, name, progress, preserve)
     except Exception as exc:
         return _result(exc, what, host, timeout)
     return RunResult(0, "", "")
 
 
-async def _remote_size(sftp: asyncssh.SFTPClient, path: str, isdir: bool) -> int:
-    if not isdir:
-        return int((await sftp.stat(path)).size or 0)
-    total = 0
-    for entry in await sftp.readdir(path):
-        name = str(entry.filename)
-        if name in (".", ".."):
-            continue
-        perms = entry.attrs.permissions or 0
-        if stat.S_ISDIR(perms):
-            total += await _remote_size(sftp, posixpath.join(path, name), True)
-        elif stat.S_ISREG(perms):
-            total += int(entry.attrs.size or 0)
-    return total
-
-
-def _local_target(dst: Path, name: str) -> Path:
-    """Where a download lands (inside ``dst`` if it is a directory); parents created."""
-    target = dst / name if dst.is_dir() else dst
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def _check_local_target(target: Path, isdir: bool) -> None:
-    if isdir and target.exists() and not target.is_dir():
-        raise _Failed(1, f"dispatch: copy_from: {str(target)!r} exists and is not a directory")
-    if not isdir and target.is_dir():
-        raise _Failed(1, f"dispatch: copy_from: {str(target)!r} is a directory")
-
-
-def _move_into_place(tmp: Path, target: Path, isdir: bool) -> None:
-    """Rename the finished download; into an existing directory, file by file."""
-    if not isdir or not target.exists():
-        os.replace(tmp, target)
-        return
-    for dirpath, _dirnames, filenames in os.walk(tmp):
-        rel = os.path.relpath(dirpath, tmp)
-        ddir = target if rel == "." else target / rel
-        if rel != ".":
-            ddir.mkdir(exist_ok=True)
-            shutil.copymode(dirpath, ddir)
-        for name in filenames:
-            os.replace(os.path.join(dirpath, name), ddir / name)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_local(tmp: Path) -> None:
-    if tmp.is_dir() and not tmp.is_symlink():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-async def _download(
-    sftp: asyncssh.SFTPClient, src: str, target: Path, isdir: bool, tracker: _Tracker
+async def _get_file(
+    sftp: asyncssh.SFTPClient,
+    src: str,
+    fh: asyncssh.SFTPClientFile,
+    attrs: asyncssh.SFTPAttrs,
+    dst: Path,
+    name: str,
+    progress: Progress | None,
+    preserve: bool,
 ) -> None:
-    _check_local_target(target, isdir)
-    tmp = Path(_tmp_name(str(target), sep=os.sep))
+    """One remote file (already open as ``fh``) onto the local destination ``dst``."""
     try:
-        if isdir:
-            await _get_tree(sftp, src, tmp, tracker)
-        else:
-            await sftp.get(
-                src, str(tmp), preserve=True,
-                block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS, progress_handler=tracker,
-            )
-        _move_into_place(tmp, target, isdir)
+        final, existing = local_file_target(dst, name)
     except BaseException:
-        _remove_local(tmp)
+        await sf.close_quietly(fh)
+        raise
+    size = int(attrs.size or 0)
+    tracker = Tracker(size, progress)
+    mode = stat.S_IMODE(attrs.permissions or 0o644) if existing is None or preserve else existing
+    times = (float(attrs.atime or 0), float(attrs.mtime or 0)) if preserve else None
+
+    async def fetch(write: Callable[[int, bytes], None]) -> None:
+        await sf.recv_file(sftp, src, fh, size, write, tracker.add)
+
+    try:
+        await write_local_file(final, mode, times, fetch)
+    except BaseException:
+        await asyncio.shield(sf.close_quietly(fh))
         raise

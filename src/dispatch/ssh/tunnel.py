@@ -25,8 +25,12 @@ from typing import Any
 
 import asyncssh
 
+from .._validate import check_port, check_seconds
+from ..errors import InvalidValueError
 from ..results import TunnelResult
-from .pool import ConnectError, Pool, current_pool
+from .context import current_pool
+from .errors import ConnectError
+from .pool import Pool
 
 __all__ = ["forward_port", "close_tunnel"]
 
@@ -50,12 +54,26 @@ class _Tunnel:
     unpin: Callable[[], None]
 
     def close(self) -> None:
+        """Stop listening and unpin the connection."""
         self.listener.close()
         self.unpin()
 
+    async def wait_closed(self) -> None:
+        """Wait until the listener is closed."""
+        await self.listener.wait_closed()
+
 
 def _valid_port(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+    return _passes(check_port, value)
+
+
+def _passes(check: Callable[[str, object], object], value: object) -> bool:
+    """Whether a shared validator accepts ``value`` (forward_port reports, never raises)."""
+    try:
+        check("value", value)
+    except InvalidValueError:
+        return False
+    return True
 
 
 def ssh_equivalent(
@@ -107,7 +125,7 @@ def _bad_args(
 ) -> str | None:
     if not isinstance(host, str) or not host or host.startswith("-"):
         return f"dispatch: forward_port: invalid host {host!r}"
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+    if not _passes(check_seconds, timeout):
         return f"dispatch: forward_port: invalid timeout {timeout!r} (a positive number of seconds)"
     for name, port in (("local_port", local_port), ("remote_port", remote_port)):
         if not _valid_port(port):
@@ -310,7 +328,7 @@ async def close_tunnel(tunnel: TunnelResult | int) -> bool:
         return False
     rec.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(rec.listener.wait_closed(), 5.0)
+        await asyncio.wait_for(rec.wait_closed(), 5.0)
     return True
 
 

@@ -42,6 +42,7 @@ set +u
 set -u
 
 # --- command: a child shell (so the EXIT trap still cleans up), and the last statement,
-# so its status is the script's without calling `exit` (see dispatch_die).
+# so its status is the script's without calling `exit` (see dispatch_die). With
+# signal_before_end it is the checkpoint/restart block of templates/restart.sh.
 set +eu
-bash -c {{command}}
+{{command}}

@@ -1,0 +1,163 @@
+"""events.py: the watch squeue format's parser, scontrol records, and the per-watch event
+logic (`Subscriber`) fed captured testbed text (tests/fixtures/slurm/watch_squeue*.txt,
+scontrol_show_job.txt; Slurm 22.05.8)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from dispatch.slurm import events
+from dispatch.slurm.arrays import JobId
+from dispatch.slurm.events import JobEvent, Subscriber, parse_watch_rows
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
+T0 = datetime(2026, 12, 1, 16, 13, tzinfo=UTC)
+
+
+def _text(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def _rows(name: str) -> list[events.WatchRow]:
+    return parse_watch_rows(_text(name))
+
+
+def test_parse_watch_rows_captured() -> None:
+    rows = {r.status.raw_id: r for r in _rows("watch_squeue.txt")}
+    assert sorted(rows) == ["7375", "7376", "7377", "7378_0", "7378_1", "7378_[2-5%2]"]
+    failed = rows["7376"]
+    # squeue prints the raw wait status (768 = exit 3): sacct's form once over.
+    assert (failed.status.state, failed.exit_code, failed.reason) == ("FAILED", "3:0",
+                                                                        "NonZeroExitCode")
+    held = rows["7375"]
+    assert (held.status.state, held.reason, held.exit_code) == ("PENDING", "JobHeldUser", "")
+    assert held.status.name == "held job|x"  # a '|' in the name (the last field) survives
+    element = rows["7378_1"]
+    assert (element.status.job_id, element.status.array_task) == (7378, "1")
+    assert element.status.nodelist == "node3" and not element.is_remainder
+    rest = rows["7378_[2-5%2]"]
+    assert rest.is_remainder and rest.status.array_task == "2-5%2"
+    assert all(r.restarts == 0 for r in rows.values())
+
+
+def test_parse_watch_rows_requeued_and_cancelled() -> None:
+    rows = {r.status.raw_id: r for r in _rows("watch_squeue_requeued.txt")}
+    requeued = rows["7377"]
+    assert (requeued.restarts, requeued.status.state, requeued.reason) == (1, "PENDING",
+                                                                           "BeginTime")
+    cancelled = rows["7375"]
+    assert cancelled.status.state == "CANCELLED" and cancelled.exit_code == "0:0"
+
+
+@pytest.mark.parametrize("line", [
+    "", "   ", "garbage", "x|0|None|1|1|cpu|u|RUNNING|0:01|1|n1|a|",  # restarts not a number
+    "0|0|None|",  # no squeue fields after the extras
+    "0|0|None|1|1|cpu",  # too few squeue fields
+])
+def test_parse_watch_rows_skips_malformed_lines(line: str) -> None:
+    assert parse_watch_rows(line) == []
+
+
+def test_exit_code_only_once_over() -> None:
+    line = "0|256|None|5|5|cpu|u|{state}|0:01|1|n1|a|"
+    assert parse_watch_rows(line.format(state="RUNNING"))[0].exit_code == ""
+    assert parse_watch_rows(line.format(state="FAILED"))[0].exit_code == "1:0"
+    assert parse_watch_rows("0|9|None|5|5|cpu|u|CANCELLED|0:01|1|n1|a|")[0].exit_code == "0:9"
+
+
+def test_parse_scontrol_job_captured() -> None:
+    records = events.parse_scontrol_job(_text("scontrol_show_job.txt"))
+    assert [r["JobId"] for r in records] == ["7376", "7378", "7381", "7380"]
+    failed = records[0]
+    assert (failed["JobState"], failed["ExitCode"], failed["Restarts"]) == ("FAILED", "3:0", "0")
+    assert events.scontrol_state(failed) == "FAILED"
+    info = events.info_from_scontrol(records[2])
+    assert info is not None
+    assert (info.job_id, info.array_job_id, info.array_task, info.state) == (
+        "7378_1", 7378, "1", "RUNNING")
+    rest = events.info_from_scontrol(records[1])  # the pending remainder keeps its own id
+    assert rest is not None and rest.job_id == "7378"
+    assert events.info_from_scontrol({"JobId": "abc"}) is None
+
+
+def test_squeue_forgot_all_and_accounting_disabled() -> None:
+    assert events.squeue_forgot_all(1, "slurm_load_jobs error: Invalid job id specified\n")
+    assert not events.squeue_forgot_all(1, "Connection refused")
+    assert not events.squeue_forgot_all(0, "Invalid job id specified")
+    assert events.accounting_disabled(
+        "sacct: error: Slurm accounting storage is disabled\n")
+    assert not events.accounting_disabled("sacct: error: Problem talking to the database")
+
+
+def test_row_matches_and_raw_ref() -> None:
+    rows = {r.status.raw_id: r.row for r in _rows("watch_squeue.txt")}
+    assert events.row_matches(JobId(7378, None), rows["7378_0"])
+    assert events.row_matches(JobId(7378, 4), rows["7378_[2-5%2]"])  # pending in the rest
+    assert not events.row_matches(JobId(7378, 1), rows["7378_0"])
+    assert not events.row_matches(JobId(7375, None), rows["7376"])
+    assert events.raw_ref("7378_3") == JobId(7378, 3)
+    assert events.raw_ref("7378_[2-5%2]") == JobId(7378, None)
+
+
+def _drain(sub: Subscriber) -> list[JobEvent]:
+    out: list[JobEvent] = []
+    while not sub.queue.empty():
+        item = sub.queue.get_nowait()
+        assert isinstance(item, JobEvent), item
+        out.append(item)
+    return out
+
+
+def _sub(jobs: frozenset[JobId] | None) -> Subscriber:
+    return Subscriber("slurm", jobs, 1.0, 0.0)
+
+
+def test_subscriber_first_sight_then_changes_only() -> None:
+    sub = _sub(frozenset({JobId(7377, None), JobId(7375, None)}))
+    first = _rows("watch_squeue.txt")
+    assert sub.update(first, T0) == []
+    seen = {e.raw_id: e for e in _drain(sub)}
+    assert set(seen) == {"7375", "7377"}  # only the watched jobs
+    assert seen["7377"].old_state is None and seen["7377"].new_state == "RUNNING"
+    assert seen["7377"].nodelist == "node4" and seen["7375"].nodelist == ""
+    sub.update(first, T0)
+    assert _drain(sub) == []  # nothing changed: no event
+    sub.update(_rows("watch_squeue_requeued.txt"), T0)
+    changed = {e.raw_id: e for e in _drain(sub)}
+    assert (changed["7377"].old_state, changed["7377"].new_state, changed["7377"].restarts,
+            changed["7377"].reason) == ("RUNNING", "PENDING", 1, "BeginTime")
+    cancelled = changed["7375"]
+    assert cancelled.is_final and cancelled.reason == ""  # no stale reason once over
+    assert not sub.all_over()  # 7377 is pending again
+    assert sub.open_refs() == [JobId(7377, None)]
+
+
+def test_subscriber_job_that_left_the_queue_and_unknown_ids() -> None:
+    sub = _sub(frozenset({JobId(7377, None), JobId(99999999, None)}))
+    sub.update(_rows("watch_squeue.txt"), T0)
+    _drain(sub)
+    assert sub.unseen() == [JobId(99999999, None)]
+    gone = sub.update([], T0)  # 7377 left squeue between two ticks, unfinished
+    assert gone == ["7377"]
+    sub.finish("7377", "COMPLETED", "0:0", T0)
+    (done,) = _drain(sub)
+    assert (done.old_state, done.new_state, done.exit_code) == ("RUNNING", "COMPLETED", "0:0")
+    sub.finish("7377", "FAILED", "1:0", T0)  # already over: no second final event
+    assert _drain(sub) == []
+    sub.finish("99999999", "UNKNOWN", "", T0, "nobody knows")
+    (unknown,) = _drain(sub)
+    assert (unknown.old_state, unknown.new_state, unknown.reason) == (None, "UNKNOWN",
+                                                                      "nobody knows")
+    assert sub.all_over()
+
+
+def test_subscriber_of_all_jobs_ignores_a_vanished_array_remainder() -> None:
+    sub = _sub(None)
+    sub.update(_rows("watch_squeue.txt"), T0)
+    assert len(_drain(sub)) == 6
+    rows = [r for r in _rows("watch_squeue.txt") if not r.is_remainder]
+    assert sub.update(rows, T0) == []  # the remainder's id changes as elements start
+    assert not sub.all_over()  # a watch of all jobs never ends by itself

@@ -1,0 +1,148 @@
+"""SlurmJob's checkpoint/restart fields (slurm/restarts.py): validation, directives, and the
+rendered restart block (bash -n, shellcheck, and what it traps)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from dispatch.errors import InvalidValueError
+from dispatch.slurm.job import SlurmJob
+from dispatch.slurm.restarts import (
+    CHECKPOINT_SIGNALS,
+    check_restart_fields,
+    restart_command,
+    restart_directives,
+)
+
+SHELLCHECK = shutil.which("shellcheck")
+
+
+def _job(**kw: object) -> SlurmJob:
+    return SlurmJob(name="ckpt", command="python train.py", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"signal_before_end": 0}, r"SlurmJob.signal_before_end: 0 must be None or whole seconds"),
+    ({"signal_before_end": 65536}, r"signal_before_end: 65536"),
+    ({"signal_before_end": True}, r"signal_before_end: True"),
+    ({"signal_before_end": 1.5}, r"signal_before_end: 1.5"),
+    ({"signal_before_end": "90"}, r"signal_before_end: '90'"),
+    ({"signal_before_end": 90, "checkpoint_signal": "KILL"},
+     r"checkpoint_signal: 'KILL' must be one of USR1, USR2, TERM, INT, HUP"),
+    ({"signal_before_end": 90, "checkpoint_signal": "SIGUSR1"}, r"checkpoint_signal: 'SIGUSR1'"),
+    ({"signal_before_end": 90, "max_restarts": -1}, r"max_restarts: -1 must be an integer >= 0"),
+    ({"signal_before_end": 90, "max_restarts": False}, r"max_restarts: False"),
+    ({"max_restarts": 2}, r"max_restarts: 2 needs signal_before_end"),
+])
+def test_bad_restart_fields_name_the_field_and_value(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidValueError, match=message):
+        _job(**kw)
+
+
+def test_check_restart_fields_accepts_the_edges() -> None:
+    check_restart_fields(None, "USR1", 0)
+    check_restart_fields(1, "TERM", 0)
+    check_restart_fields(65535, "HUP", 100)
+    assert CHECKPOINT_SIGNALS == ("USR1", "USR2", "TERM", "INT", "HUP")
+
+
+def test_directives() -> None:
+    assert restart_directives(None, "USR1", 0) == []
+    assert restart_directives(90, "USR2", 0) == ["--signal=USR2@90"]
+    assert restart_directives(90, "USR1", 3) == ["--signal=USR1@90", "--requeue",
+                                                 "--open-mode=append"]
+    directives = _job(signal_before_end=90, max_restarts=3, time="1:00:00").sbatch_directives()
+    assert directives[directives.index("--time=1:00:00") + 1:][:3] == [
+        "--signal=USR1@90", "--requeue", "--open-mode=append"]
+    assert not any(d.startswith(("--signal", "--requeue")) for d in _job().sbatch_directives())
+
+
+def test_no_signal_no_restart_block() -> None:
+    script = _job().to_bootstrap_script()
+    assert "DISPATCH_RESTART" not in script
+    assert script.rstrip().endswith("bash -c 'python train.py'")
+    # Over SSH (is_slurm False) there is no Slurm to requeue: the plain command.
+    ssh = _job(signal_before_end=60, max_restarts=1, is_slurm=False).to_bootstrap_script()
+    assert "DISPATCH_RESTART" not in ssh
+
+
+def test_restart_block_traps_the_signal_and_term() -> None:
+    block = restart_command("echo 'a b'; exit 3", "USR2", 4)
+    assert "DISPATCH_MAX_RESTARTS=4" in block and "DISPATCH_CHECKPOINT_SIGNAL=USR2" in block
+    assert re.search(r"^trap '.*' USR2$", block, re.MULTILINE)
+    assert re.search(r"^trap '.*' TERM$", block, re.MULTILINE)  # preemption (Slurm 22.05)
+    assert "bash -c 'echo '\"'\"'a b'\"'\"'; exit 3' &" in block  # the command, quoted
+    assert "PreemptTime=None" in block  # a SIGTERM restarts only a preemption
+    assert "scontrol requeue" in block and "dispatch_resubmit" in block
+    assert "{{" not in block
+    script = _job(signal_before_end=90, max_restarts=2).to_bootstrap_script()
+    assert restart_command("python train.py", "USR1", 2) in script
+
+
+@pytest.mark.parametrize("kw", [
+    {"signal_before_end": 90, "max_restarts": 2},
+    {"signal_before_end": 30, "checkpoint_signal": "TERM", "max_restarts": 1},
+    {"signal_before_end": 30, "array": "0-3"},
+])
+def test_rendered_scripts_pass_bash_n_and_shellcheck(
+    kw: dict[str, object], tmp_path: pathlib.Path
+) -> None:
+    assert SHELLCHECK is not None, "shellcheck is required (Debian package 'shellcheck')"
+    script = _job(**kw).to_bootstrap_script()
+    path = tmp_path / "bootstrap.sh"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    proc = subprocess.run([SHELLCHECK, "--shell=bash", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_restart_block_runs_the_command_and_keeps_its_status(tmp_path: pathlib.Path) -> None:
+    """Outside Slurm (no SLURM_JOB_ID), no signal: the command's status and environment."""
+    block = restart_command('echo "restart=$DISPATCH_RESTART max=$DISPATCH_MAX_RESTARTS"; '
+                            "exit 7", "USR1", 2)
+    script = "\n".join(['dispatch_log() { printf "%s\\n" "$*" >&2; }',
+                        f'DISPATCH_WORK_DIR={tmp_path}', block])
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "restart=0 max=2\n"
+
+
+@pytest.mark.parametrize(("shown", "restarts"), [
+    ("JobState=CANCELLED Reason=None PreemptTime=None", False),  # scancel
+    ("JobState=TIMEOUT Reason=TimeLimit PreemptTime=None", False),  # out of time
+    ("JobState=RUNNING Reason=None PreemptTime=None", False),  # someone's kill -TERM
+    ("JobState=RUNNING Reason=None PreemptTime=2026-12-01T16:07:31", True),  # preempted
+])
+def test_restart_block_restarts_on_sigterm_only_when_preempted(
+    shown: str, restarts: bool, tmp_path: pathlib.Path
+) -> None:
+    """The decision after a SIGTERM, with a stand-in scontrol showing the job's record."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    (bindir / "scontrol").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'[ "$2" = show ] && echo "JobId=1 JobName=x {shown} SuspendTime=None"\nexit 0\n')
+    (bindir / "scontrol").chmod(0o755)
+    # The command gets no signal here (only the restart shell does) and ends by itself.
+    block = restart_command("kill -TERM $PPID; sleep 1 & wait $!; echo ended", "USR1", 2)
+    script = "\n".join(['dispatch_log() { printf "%s\\n" "$*" >&2; }',
+                        f"DISPATCH_WORK_DIR={tmp_path}", block])
+    proc = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
+        env={"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"},
+    )
+    assert proc.returncode == 0 and proc.stdout == "ended\n", proc.stderr
+    expected = ["--oneliner show job 1"] + (["requeue 1"] if restarts else [])
+    assert calls.read_text().splitlines() == expected
+    if restarts:
+        assert "got SIGTERM: restart 1 of 2" in proc.stderr
+    else:
+        assert "not preempted): not restarting" in proc.stderr
