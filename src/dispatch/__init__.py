@@ -13,11 +13,16 @@ first use of one of its names, so `dispatch --help` and short scripts start fast
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 
+# Not `from typing import TYPE_CHECKING`: importing typing costs milliseconds on every CLI
+# call, and type checkers treat any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
+
 if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` below builds it
+    from typing import Any
+
     from . import _blocking, aio
     from .aio import SUPPORTED_CHIPS as SUPPORTED_CHIPS
     from .aio import Chip as Chip
