@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -38,18 +37,10 @@ import asyncssh
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_env() -> None:
-    if "DISPATCH_SSH_CONFIG" in os.environ and "DISPATCH_TESTBED_WAN_PLAIN" in os.environ:
-        return
-    out = subprocess.run([str(ROOT / "scripts" / "testbed"), "env"], capture_output=True,
-                         text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            os.environ[key] = (shlex.split(value) or [""])[0]
+from testbed_env import load_testbed_env  # noqa: E402  (benchmarks/ is on sys.path)
 
+load_testbed_env("DISPATCH_TESTBED_WAN_PLAIN")
 
-_load_env()
 
 import dispatch.aio as dx  # noqa: E402
 from dispatch import SlurmJob  # noqa: E402

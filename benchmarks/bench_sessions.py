@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,18 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_env() -> None:
-    if "DISPATCH_SSH_CONFIG" in os.environ and "DISPATCH_TESTBED_SLOWLOGIN" in os.environ:
-        return
-    out = subprocess.run([str(ROOT / "scripts" / "testbed"), "env"], capture_output=True,
-                         text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            os.environ[key] = (shlex.split(value) or [""])[0]
+from testbed_env import load_testbed_env  # noqa: E402  (benchmarks/ is on sys.path)
 
-
-_load_env()
+load_testbed_env("DISPATCH_TESTBED_SLOWLOGIN")
 
 import asyncssh  # noqa: E402
 

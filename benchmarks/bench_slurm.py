@@ -17,15 +17,16 @@ import asyncio
 import importlib
 import io
 import os
-import shlex
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
+from testbed_env import load_testbed_env
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+
 
 from dispatch.errors import SubmitError  # noqa: E402
 from dispatch.slurm import query  # noqa: E402
@@ -34,15 +35,6 @@ from dispatch.slurm.poller import poller_stats, wait  # noqa: E402
 from dispatch.ssh.commands import run  # noqa: E402
 
 submit_mod = importlib.import_module("dispatch.slurm.submission")
-
-
-def _load_env() -> None:
-    out = subprocess.run([str(ROOT / "scripts" / "testbed"), "env"], capture_output=True,
-                         text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            os.environ.setdefault(key, (shlex.split(value) or [""])[0])
 
 
 def _row(*cells: object) -> str:
@@ -165,7 +157,7 @@ async def main() -> None:
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--seconds", type=int, default=5, help="how long each waited job sleeps")
     args = ap.parse_args()
-    _load_env()
+    load_testbed_env()
     host = os.environ.get("DISPATCH_TESTBED_SLURM", "slurm")
     home = await submit_mod.remote_home(host)
     share = f"{home}/.dispatch-bench/share"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -31,20 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 LOGIN_TRUE = 'exec "$SHELL" -l -c true'
 
 
-def _load_env() -> None:
-    if "DISPATCH_SSH_CONFIG" in os.environ and "DISPATCH_TESTBED_FLEET" in os.environ:
-        return
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "testbed"), "env"], capture_output=True, text=True, check=True
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            parsed = shlex.split(value)
-            os.environ[key] = parsed[0] if parsed else ""
+from testbed_env import load_testbed_env  # noqa: E402  (benchmarks/ is on sys.path)
 
+load_testbed_env("DISPATCH_TESTBED_FLEET")
 
-_load_env()
 
 import dispatch  # noqa: E402
 import dispatch.aio as dx  # noqa: E402
