@@ -7,10 +7,8 @@ import asyncio
 import filecmp
 import hashlib
 import os
-import secrets
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,21 +20,6 @@ from ..conftest import Testbed
 from ..support.faults import full_dir, readonly_dir
 
 ODD_NAMES = ["it's", 'q"uote', "semi;colon", "$(x)", "`y`", "sp ace", "ünï ✓", "-dash", "new\nline"]
-
-
-@pytest.fixture
-async def pool(testbed: Testbed) -> AsyncIterator[Pool]:
-    async with Pool() as p:
-        yield p
-
-
-@pytest.fixture
-async def rdir(testbed: Testbed, pool: Pool) -> AsyncIterator[str]:
-    """A fresh remote directory (relative to the home directory), removed afterwards."""
-    name = f"dispatch-test-{secrets.token_hex(4)}"
-    assert (await dx.run(["mkdir", name], testbed.plain)).ok
-    yield name
-    await dx.run(["rm", "-rf", name], testbed.plain)
 
 
 def _sha(path: Path) -> str:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +79,6 @@ def rounds(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rounds]:
     monkeypatch.setattr(handler, "_send_request", _send_request)
     monkeypatch.setattr(handler, "_process_packet", _process_packet)
     yield rec
-
-
-@pytest.fixture
-async def pool(testbed: Testbed) -> AsyncIterator[Pool]:
-    async with Pool() as p:
-        yield p
-
-
-@pytest.fixture
-async def rdir(testbed: Testbed, pool: Pool) -> AsyncIterator[str]:
-    name = f"dispatch-test-{secrets.token_hex(4)}"
-    assert (await dx.run(["mkdir", name], testbed.plain)).ok
-    yield name
-    await dx.run(["rm", "-rf", name], testbed.plain)
 
 
 async def test_small_and_large_files_cost_a_fixed_number_of_rounds(

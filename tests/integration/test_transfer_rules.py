@@ -6,33 +6,12 @@ directory symlink (issue 16, items 2 and 3)."""
 from __future__ import annotations
 
 import os
-import secrets
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 import dispatch.aio as dx
-from dispatch.ssh import Pool
 
 from ..conftest import Testbed
-
-
-@pytest.fixture
-async def pool(testbed: Testbed) -> AsyncIterator[Pool]:
-    async with Pool() as p:
-        yield p
-
-
-@pytest.fixture
-async def rdir(testbed: Testbed, pool: Pool) -> AsyncIterator[str]:
-    """A fresh remote directory (relative to the home directory), removed afterwards."""
-    name = f"dispatch-test-{secrets.token_hex(4)}"
-    assert (await dx.run(["mkdir", name], testbed.plain)).ok
-    yield name
-    await dx.run(["chmod", "-R", "u+w", name], testbed.plain)
-    await dx.run(["rm", "-rf", name], testbed.plain)
 
 
 async def sh(testbed: Testbed, script: str, *args: str) -> str:
