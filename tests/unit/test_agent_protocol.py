@@ -125,3 +125,16 @@ def test_without_an_agent_socket_calls_run_in_process(
     monkeypatch.delenv("DISPATCH_AGENT", raising=False)
     assert client.call("run", ("true", "h"), {}) is client.LOCAL
     assert client.call("forward_port", (), {}) is client.LOCAL  # not served by the agent
+
+
+def test_plain_run_result_is_the_fields_of_a_run_result_and_leaves_the_rest() -> None:
+    from dispatch.results import RunResult
+
+    result = RunResult(3, "out", "err", may_have_run=True)
+    assert protocol.plain_run_result(result) == (3, "out", "err", True)
+    # what crosses back unpickles without the dataclass machinery: plain builtins only
+    assert pickle.loads(protocol.encode(("result", protocol.plain_run_result(result)))) == (
+        "result", (3, "out", "err", True))  # fmt: skip
+    other = {"host": RunResult(0, "", "")}  # run_many's dict is not flattened
+    assert protocol.plain_run_result(other) is other
+    assert protocol.plain_run_result(None) is None

@@ -20,13 +20,17 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._version import __version__
 from . import paths, protocol
 
+TYPE_CHECKING = False  # not typing's: a served CLI call skips importing typing
+
 if TYPE_CHECKING:
     import logging
+    from typing import Any, Final, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = [
     "LOCAL",
@@ -48,8 +52,6 @@ def _log() -> logging.Logger:
 
     return logging.getLogger("dispatch.agent")
 
-
-T = TypeVar("T")
 
 ENV = "DISPATCH_AGENT"
 HELLO_TIMEOUT = 5.0  # seconds for the handshake; an agent that does not answer is skipped
@@ -278,13 +280,17 @@ def route(
     return result
 
 
-def call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def call(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, plain: bool = False
+) -> Any:
     """Run the agent-served call ``name`` there; ``LOCAL`` when that is not possible.
 
     Args:
         name: a name in ``protocol.ALLOWED`` (a function of `dispatch.aio`).
         args: its positional arguments.
         kwargs: its keyword arguments.
+        plain: a `RunResult` comes back as ``(returncode, stdout, stderr, may_have_run)``
+            (the CLI's fast path: no dataclass machinery to unpickle it).
 
     Returns:
         The call's result, or ``LOCAL``.
@@ -302,7 +308,9 @@ def call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             return LOCAL
     args, kwargs, progress = _prepare(name, args, kwargs)
     try:
-        payload = protocol.encode(("call", name, args, kwargs, _env(), progress is not None))
+        payload = protocol.encode(
+            ("call", name, args, kwargs, _env(), progress is not None, plain)
+        )
     except Exception as exc:  # a callable or another local object among the arguments
         _log().debug("dispatch agent: %s runs in process (arguments not portable: %s)", name, exc)
         return LOCAL

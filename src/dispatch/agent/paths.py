@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not typing's: a served CLI call skips importing typing
 
 if TYPE_CHECKING:
     from pathlib import Path

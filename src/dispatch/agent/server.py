@@ -368,6 +368,7 @@ class _Client:
         kwargs: dict[str, Any],
         env: dict[str, str | None],
         want_progress: bool,
+        plain: bool = False,
     ) -> None:
         agent = self.agent
         agent.in_flight += 1
@@ -397,7 +398,7 @@ class _Client:
             except Exception as exc:
                 reply = ("error", _portable(exc))
             else:
-                reply = ("result", value)
+                reply = ("result", protocol.plain_run_result(value) if plain else value)
             try:
                 self.write(reply)
             except Exception as exc:  # an unpicklable result

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TextIO, cast
+
+TYPE_CHECKING = False  # not typing's: a served CLI call skips importing typing
 
 if TYPE_CHECKING:
     import logging
+    from typing import TextIO
 
     from .. import RunResult
 
@@ -35,6 +37,8 @@ __all__ = [
     "one_line",
     "out",
     "report_error",
+    "show_run",
+    "show_run_result",
 ]
 
 PROG = "dispatch"
@@ -80,17 +84,28 @@ def exit_status(returncode: int) -> int:
 
 def show_run_result(result: RunResult, host: str, timeout: float | None) -> int:
     """Print a `run` result as ssh would (its output, then our notes); return the exit status."""
-    sys.stdout.write(result.stdout)
+    return show_run(
+        result.returncode, result.stdout, result.stderr, result.may_have_run,
+        host=host, timeout=timeout,
+    )  # fmt: skip
+
+
+def show_run(
+    returncode: int, stdout: str, stderr: str, may_have_run: bool, *, host: str,
+    timeout: float | None,
+) -> int:  # fmt: skip
+    """`show_run_result` from the result's fields (the agent's plain form of a `RunResult`)."""
+    sys.stdout.write(stdout)
     sys.stdout.flush()
-    sys.stderr.write(result.stderr)
-    if result.may_have_run:
+    sys.stderr.write(stderr)
+    if may_have_run:
         sys.stderr.write(
             f"{PROG}: warning: the connection to {host} broke while the command ran; "
             "it may have run (it was not re-run)\n"
         )
-    if result.returncode == -1 and not result.stderr:
+    if returncode == -1 and not stderr:
         sys.stderr.write(f"{PROG}: error: timed out after {timeout} s\n")
-    return exit_status(result.returncode)
+    return exit_status(returncode)
 
 
 def check_ssh(what: str, host: str, result: RunResult) -> None:
@@ -190,8 +205,9 @@ def _console_handler_class() -> type[ConsoleHandler]:
             super().emit(record)
 
     _ConsoleHandler.__name__ = _ConsoleHandler.__qualname__ = "ConsoleHandler"
-    _handler_class = cast("type[ConsoleHandler]", _ConsoleHandler)
-    return _handler_class
+    made: type[ConsoleHandler] = _ConsoleHandler  # type: ignore[assignment]  # it is one
+    _handler_class = made
+    return made
 
 
 _handler: ConsoleHandler | None = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .console import (
     EXIT_ERROR,
@@ -28,8 +27,11 @@ from .console import (
     install_handler,
     one_line,
     report_error,
+    show_run,
     show_run_result,
 )
+
+TYPE_CHECKING = False  # not typing's: a served CLI call skips importing typing
 
 __all__ = ["main"]
 
@@ -72,11 +74,13 @@ def _agent_run(argv: Sequence[str]) -> int | None:
 
     host = argv[1]
     try:
-        result = client.call("run", (" ".join(argv[3:]), host), {"timeout": None})
+        result = client.call("run", (" ".join(argv[3:]), host), {"timeout": None}, plain=True)
     except KeyboardInterrupt:
         return report_error("interrupted", EXIT_INTERRUPTED, as_json=False)
     if isinstance(result, client.Local):
         return None
+    if isinstance(result, tuple):  # the plain form (a RunResult when the agent was lost)
+        return show_run(*result, host=host, timeout=None)
     return show_run_result(result, host, None)
 
 
