@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dispatch.errors import InvalidValueError
-from dispatch.slurm import JobEvent, poller, watch
+from dispatch.slurm import JobEvent, hub, poller, watch
 from dispatch.slurm.job import SlurmJob
 from dispatch.slurm.poller import wait
 from dispatch.slurm.query import cancel
@@ -142,21 +142,21 @@ async def test_watchers_and_waits_on_one_host_share_one_squeue_per_tick(
     stats = poller.poller_stats(testbed.slurm)
     per_tick: list[int] = []
     squeue_argv: list[list[str]] = []
-    real_poll = poller._Poller._poll_once
+    real_poll = hub.HostPoller._poll_once
     real_run = ssh_run  # what the poller calls
 
-    async def counting_poll(self: poller._Poller) -> None:
+    async def counting_poll(self: hub.HostPoller) -> None:
         before = stats.squeue_calls
         await real_poll(self)
         per_tick.append(stats.squeue_calls - before)
 
     async def counting_run(cmd: object, host: str, **kw: object) -> object:
-        if isinstance(cmd, list) and cmd and cmd[0] == "squeue":
-            squeue_argv.append(list(cmd))
+        if isinstance(cmd, list) and cmd and cmd[0] == "squeue" and "%k" not in cmd[2]:
+            squeue_argv.append(list(cmd))  # the tick's squeue (not a successor lookup)
         return await real_run(cmd, host, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(poller._Poller, "_poll_once", counting_poll)
-    monkeypatch.setattr(poller, "run", counting_run)
+    monkeypatch.setattr(hub.HostPoller, "_poll_once", counting_poll)
+    monkeypatch.setattr(hub, "run", counting_run)
     calls_before = stats.squeue_calls
     ids = [await _submit(testbed, "true", held=True) for _ in range(5)]
     seen: list[list[JobEvent]] = [[] for _ in range(5)]

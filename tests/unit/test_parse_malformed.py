@@ -24,8 +24,8 @@ FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 
 # (fixture, parser, columns): one record per line, '|'-delimited
 LINE_FORMATS: list[tuple[str, Callable[[str], list[Any]], int]] = [
-    ("squeue.txt", parse.parse_squeue, 9),
-    ("squeue_states_all.txt", parse.parse_squeue, 9),
+    ("watch_squeue.txt", parse.parse_squeue, 12),
+    ("watch_squeue_requeued.txt", parse.parse_squeue, 12),
     ("sacct.txt", parse.parse_sacct, 8),
 ]
 

@@ -1,5 +1,6 @@
 """events.py: the watch squeue format's parser, scontrol records, and the per-watch event
-logic (`Subscriber`) fed captured testbed text (tests/fixtures/slurm/watch_squeue*.txt,
+logic (`Subscriber`, following resubmitted jobs too) fed captured testbed text
+(tests/fixtures/slurm/watch_squeue*.txt, squeue_restarts.txt, successor_comments.txt,
 scontrol_show_job.txt; Slurm 22.05.8)."""
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.slurm import events
+from dispatch.errors import InvalidValueError
+from dispatch.results import RunResult
+from dispatch.slurm import events, parse, settle
 from dispatch.slurm.arrays import JobId
 from dispatch.slurm.events import JobEvent, Subscriber, parse_watch_rows
 
@@ -161,3 +164,93 @@ def test_subscriber_of_all_jobs_ignores_a_vanished_array_remainder() -> None:
     rows = [r for r in _rows("watch_squeue.txt") if not r.is_remainder]
     assert sub.update(rows, T0) == []  # the remainder's id changes as elements start
     assert not sub.all_over()  # a watch of all jobs never ends by itself
+
+
+# --- restarts in the one squeue format; following a resubmitted job (issue 17) -----------
+
+
+def test_restart_count_reaches_job_status() -> None:
+    jobs = {j.job_id: j for j in parse.parse_squeue(_text("squeue_restarts.txt"))}
+    assert (jobs[9762].restarts, jobs[9762].state, jobs[9762].name) == (1, "PENDING", "succ-a")
+    assert jobs[9763].restarts == 0
+    assert parse.SQUEUE_ARGS is events.WATCH_SQUEUE_ARGS  # one squeue format
+    (row,) = [r for r in _rows("watch_squeue_requeued.txt") if r.status.job_id == 7377]
+    assert row.restarts == row.status.restarts == 1
+
+
+def test_successor_is_the_next_job_with_the_same_dispatch_token() -> None:
+    text = _text("successor_comments.txt")
+    assert settle.successor(9762, text) == 9763  # the next link, not the last one
+    assert settle.successor(9763, text) == 9765  # ... whose own successor comes next
+    assert settle.successor(9765, text) is None  # no later job: ends as it is
+    assert settle.successor(9764, text) is None  # "note|not a token": never followed
+    assert settle.successor(1, text) is None  # not listed: its comment is unknown
+    assert settle.is_dispatch_token("dispatch:abc_D-9")
+    for comment in ("dispatch:", "dispatch:a b", "xdispatch:abc", "dispatch:a;rm", "note"):
+        assert not settle.is_dispatch_token(comment), comment
+    assert settle.successor_argv("dispatcher")[-1] == "--user=dispatcher"
+    with pytest.raises(InvalidValueError):
+        settle.successor_argv("a;b")
+
+
+def _row(job: int, state: str, restarts: int = 0, code: str = "0") -> events.WatchRow:
+    line = f"{restarts}|{code}|None|{job}|{job}|cpu|dispatcher|{state}|0:01|1|node3|train|"
+    (row,) = events.parse_watch_rows(line)
+    return row
+
+
+def test_subscriber_follows_a_chain_of_resubmissions() -> None:
+    a = JobId(100, None)
+    sub = Subscriber("slurm", frozenset({a}), 1.0, 0.0, successors=True, wants_final=True)
+    ok = RunResult(0, "", "")
+    sub.update([_row(100, "RUNNING")], T0, ok)
+    assert sub.follow_candidates() == []  # still running
+    sub.update([_row(100, "CANCELLED", code="15")], T0, ok)
+    assert sub.squeue_done() and sub.follow_candidates() == [(a, "dispatcher")]
+    sub.follow(a, 105)
+    b = JobId(105, None)
+    assert sub.head(a) == b and sub.active() == [b] and not sub.all_over()
+    assert not sub.squeue_done()  # the successor was not asked about yet
+    assert sub.follow_candidates() == []
+    sub.update([_row(100, "CANCELLED", code="15"), _row(105, "RUNNING")], T0, ok)
+    sub.update([_row(105, "PREEMPTED")], T0, ok)
+    sub.follow(b, 107)  # ... and again
+    sub.update([_row(107, "RUNNING")], T0, ok)
+    sub.update([_row(107, "RUNNING", restarts=1)], T0, ok)  # then requeued by Slurm itself
+    sub.update([_row(107, "COMPLETED", restarts=1)], T0, ok)
+    got = _drain(sub)
+    assert [(e.job_id, e.new_state, e.restarts, e.resubmitted_from) for e in got] == [
+        (100, "RUNNING", 0, None), (100, "CANCELLED", 0, None),
+        (105, "RUNNING", 1, 100), (105, "PREEMPTED", 1, 100),
+        (107, "RUNNING", 2, 105), (107, "RUNNING", 3, 105), (107, "COMPLETED", 3, 105),
+    ]
+    assert sub.all_over() and sub.squeue_done() and sub.follow_candidates() == []
+    status = sub.statuses[JobId(107, None)]
+    assert status is not None and status.restarts == 3  # squeue's 1 + the chain's 2
+
+
+def test_subscriber_without_successor_or_token_ends_as_before() -> None:
+    a = JobId(100, None)
+    sub = Subscriber("slurm", frozenset({a}), 1.0, 0.0, successors=True)
+    sub.update([_row(100, "TIMEOUT", code="15")], T0, RunResult(0, "", ""))
+    sub.follow(a, None)  # the lookup found no later job with its token
+    assert sub.all_over() and sub.follow_candidates() == [] and sub.head(a) == a
+    plain = Subscriber("slurm", frozenset({a}), 1.0, 0.0)  # follow(): not asked to
+    plain.update([_row(100, "TIMEOUT", code="15")], T0)
+    assert plain.follow_candidates() == [] and plain.all_over()
+    done = Subscriber("slurm", frozenset({a}), 1.0, 0.0, successors=True)
+    done.update([_row(100, "COMPLETED")], T0)
+    assert done.follow_candidates() == []  # only a job that ended other than COMPLETED
+
+
+def test_subscriber_keeps_the_final_row_once_the_job_is_no_longer_asked_about() -> None:
+    a = JobId(100, None)
+    sub = Subscriber("slurm", frozenset({a}), 1.0, 0.0, wants_final=True)
+    sub.update([_row(100, "FAILED", code="768")], T0, RunResult(0, "", ""))
+    sub.update([], T0, RunResult(0, "", ""))  # over: the poller asks squeue no more
+    status = sub.statuses[a]
+    assert status is not None and status.state == "FAILED"
+    running = Subscriber("slurm", frozenset({a}), 1.0, 0.0, wants_final=True)
+    running.update([_row(100, "RUNNING")], T0, RunResult(0, "", ""))
+    running.update([], T0, RunResult(0, "", ""))  # left squeue unfinished: nothing to keep
+    assert running.statuses[a] is None and running.squeue_done()

@@ -1,9 +1,8 @@
 """Job state-change events: the squeue format the shared poller asks, its parser, the event.
 
-Pure (no I/O). The poller's one squeue per tick uses `WATCH_SQUEUE_ARGS`, which adds the
-restart count, the reason and the exit code in front of the fields `parse.SQUEUE_ARGS`
-prints, so each line's tail parses with `parse.parse_squeue_rows` unchanged and the
-``JobStatus`` rows ``wait`` needs come from the same call as the events.
+Pure (no I/O). The poller's one squeue per tick uses `WATCH_SQUEUE_ARGS`, the one squeue
+format `parse.SQUEUE_ARGS` (restart count, exit code and reason included), so the
+``JobStatus`` rows ``status`` and ``wait`` need come from the same call as the events.
 """
 
 from __future__ import annotations
@@ -14,9 +13,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..results import RunResult
 from . import parse
 from .arrays import JobId, task_in
-from .models import JobInfo, JobStatus
+from .models import JobInfo, JobInfoResult, JobStatus
+from .query import pick_status, status_of
 from .states import is_terminal, normalize_state
 
 __all__ = [
@@ -30,17 +31,11 @@ __all__ = [
     "row_matches",
 ]
 
-#: squeue, one job per line: restart count | exit code | reason, then the fields of
-#: `parse.SQUEUE_ARGS` (name last). ``--Format`` fields of width 0 (no truncation), each
-#: followed by ``|``. The caller appends ``--states=all`` and ``--jobs=...`` or ``--me``.
-WATCH_SQUEUE_ARGS: list[str] = [
-    "squeue",
-    "--noheader",
-    "--Format=RestartCnt:0|,exit_code:0|,Reason:0|,JobID:0|,JobArrayID:0|,Partition:0|,"
-    "UserName:0|,State:0|,TimeUsed:0|,NumNodes:0|,ReasonList:0|,Name:0|",
-]
+#: The one squeue format (`parse.SQUEUE_ARGS`): restart count, exit code and reason in
+#: front of the fields `status` reads. The caller appends ``--states=all`` and
+#: ``--jobs=...`` or ``--me``.
+WATCH_SQUEUE_ARGS: list[str] = parse.SQUEUE_ARGS
 
-_EXTRA_FIELDS = 3
 # squeue's answer when it knows none of the asked job ids (MinJobAge passed).
 _UNKNOWN_JOB = re.compile(r"Invalid job id specified", re.IGNORECASE)
 # sacct's answer on a cluster without slurmdbd.
@@ -89,9 +84,14 @@ class JobEvent:
         new_state: The state now (long name, like ``RUNNING``).
         reason: Slurm's reason (``Priority``, ``Resources``, ``BeginTime``, ``None`` ...).
         exit_code: ``"0:0"`` style exit status once over, else ``""``.
-        restarts: How many times the job has been requeued.
+        restarts: How many times the job has come back: requeued (squeue's restart
+            count), plus one per resubmission when a watch or wait followed it from an
+            earlier job of the same dispatch token (that job's ``restarts + 1``).
         nodelist: Allocated nodes (empty while pending).
         time: When the poller saw the change (UTC).
+        resubmitted_from: For a job followed from an earlier one (resubmitted with the
+            same ``dispatch:<token>`` comment after that one ended), the earlier job's
+            id; else None.
     """
 
     host: str
@@ -105,6 +105,7 @@ class JobEvent:
     restarts: int
     nodelist: str
     time: datetime
+    resubmitted_from: int | None = None
 
     @property
     def is_final(self) -> bool:
@@ -112,41 +113,10 @@ class JobEvent:
         return is_terminal(self.new_state)
 
 
-def _exit_code(text: str, state: str) -> str:
-    """squeue prints the raw wait status (``256`` for exit 1, ``15`` for SIGTERM); give
-    sacct's ``"status:signal"`` once the job is over, else ``""``."""
-    text = text.strip()
-    if not is_terminal(state) or not text.isdigit():
-        return ""
-    raw = int(text)
-    return f"{raw >> 8}:{raw & 0x7F}"
-
-
 def parse_watch_rows(text: str) -> list[WatchRow]:
     """Parse `WATCH_SQUEUE_ARGS` output (malformed lines skipped)."""
-    rows: list[WatchRow] = []
-    for line in text.splitlines():
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        parts = line.split("|", _EXTRA_FIELDS)
-        if len(parts) != _EXTRA_FIELDS + 1 or not parts[0].strip().isdigit():
-            continue
-        restarts, exit_code, reason, rest = parts
-        rest = rest[:-1] if rest.endswith("|") else rest  # the name's suffix
-        parsed = parse.parse_squeue_rows(rest)
-        if len(parsed) != 1:
-            continue
-        row = parsed[0]
-        rows.append(
-            WatchRow(
-                row=row,
-                restarts=int(restarts),
-                exit_code=_exit_code(exit_code, row.status.state),
-                reason=reason.strip(),
-            )
-        )
-    return rows
+    return [WatchRow(row=r, restarts=r.status.restarts, exit_code=r.exit_code, reason=r.reason)
+            for r in parse.parse_squeue_rows(text)]
 
 
 def squeue_forgot_all(returncode: int, stderr: str) -> bool:
@@ -198,6 +168,7 @@ class _Seen:
     nodelist: str
     job_id: int
     array_task: str | None
+    user: str = ""
 
 
 def raw_ref(raw_id: str) -> JobId:
@@ -208,11 +179,15 @@ def raw_ref(raw_id: str) -> JobId:
 
 @dataclass(eq=False)
 class Subscriber:
-    """One `watch` on the shared poller: which jobs, how often, and what it has seen.
+    """One consumer of the shared poller (`watch`, `wait`, `follow`): which jobs, how
+    often, and what it has seen.
 
     The poller feeds it each tick's rows (`update`) and the final states of jobs that left
     the queue between two ticks (`finish`); events go to ``queue``; an exception in the
-    queue ends the watch with it, None ends it normally.
+    queue ends the stream with it, None ends it normally. With ``successors`` a watched
+    job resubmitted under its dispatch token is followed to the new job (`follow`); with
+    ``wants_final`` the poller also settles the job's final sacct rows into ``final``
+    before it ends the stream (what `wait` returns).
     """
 
     host: str
@@ -224,10 +199,37 @@ class Subscriber:
     )
     known: dict[str, _Seen] = field(default_factory=dict)
     ended: bool = False
+    successors: bool = False
+    wants_final: bool = False
+    #: The status of each active id in the last tick (None: squeue did not list it).
+    statuses: dict[JobId, JobStatus | None] = field(default_factory=dict)
+    last_result: RunResult | None = None
+    #: Whole-array ids: the element indexes squeue listed (sacct must know each).
+    elements: dict[JobId, set[str]] = field(default_factory=dict)
+    seen_refs: set[JobId] = field(default_factory=set)
+    #: A followed id -> the id of the job resubmitted in its place.
+    chain: dict[JobId, JobId] = field(default_factory=dict)
+    #: A successor's base id -> (restarts to add to squeue's count, the job it replaces).
+    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
+    checked: set[JobId] = field(default_factory=set)
+    final: JobInfoResult | None = None
+    polled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def active(self) -> list[JobId]:
+        """Watched ids not replaced by a successor (empty for a watch of all jobs)."""
+        if self.jobs is None:
+            return []
+        return sorted((r for r in self.jobs if r not in self.chain), key=str)
+
+    def head(self, ref: JobId) -> JobId:
+        """The last job of ``ref``'s chain of resubmissions (``ref`` itself if none)."""
+        while ref in self.chain:
+            ref = self.chain[ref]
+        return ref
 
     def wants(self, row: parse.SqueueRow) -> bool:
         """True when this watch covers the row's job."""
-        return self.jobs is None or any(row_matches(ref, row) for ref in self.jobs)
+        return self.jobs is None or any(row_matches(ref, row) for ref in self.active())
 
     def _emit(self, raw: str, seen: _Seen, old: str | None, when: datetime) -> None:
         self.queue.put_nowait(
@@ -235,12 +237,15 @@ class Subscriber:
                 host=self.host, job_id=seen.job_id, raw_id=raw, array_task=seen.array_task,
                 old_state=old, new_state=seen.state, reason=seen.reason,
                 exit_code=seen.exit_code, restarts=seen.restarts, nodelist=seen.nodelist,
-                time=when,
+                time=when, resubmitted_from=self._predecessor(seen.job_id),
             )
         )
 
-    def update(self, rows: list[WatchRow], when: datetime) -> list[str]:
+    def update(
+        self, rows: list[WatchRow], when: datetime, result: RunResult | None = None
+    ) -> list[str]:
         """Emit the changes ``rows`` show; return the raw ids that left the queue unfinished."""
+        self._note_statuses(rows, result)
         present: set[str] = set()
         for wr in rows:
             if not self.wants(wr.row):
@@ -249,9 +254,9 @@ class Subscriber:
             raw = st.raw_id
             present.add(raw)
             reason = "" if is_terminal(st.state) else wr.reason
-            seen = _Seen(st.state, reason, wr.exit_code, wr.restarts,
+            seen = _Seen(st.state, reason, wr.exit_code, wr.restarts + self._offset(st.job_id),
                          "" if st.nodelist.startswith("(") else st.nodelist,
-                         st.job_id, st.array_task)
+                         st.job_id, st.array_task, st.user)
             old = self.known.get(raw)
             if old is None or (old.state, old.restarts, old.reason) != (
                 seen.state, seen.restarts, seen.reason
@@ -260,13 +265,56 @@ class Subscriber:
             self.known[raw] = seen
         gone: list[str] = []
         for raw, seen in list(self.known.items()):
-            if raw in present or _over(seen.state):
+            if raw in present or _over(seen.state) or not self._covers(raw):
                 continue
             if seen.array_task is not None and not seen.array_task.isdigit():
                 del self.known[raw]  # a pending remainder: its elements show up instead
                 continue
             gone.append(raw)
         return gone
+
+    def _offset(self, job_id: int) -> int:
+        return self.offsets.get(job_id, (0, 0))[0]
+
+    def _predecessor(self, job_id: int) -> int | None:
+        entry = self.offsets.get(job_id)
+        return entry[1] if entry is not None else None
+
+    def _covers(self, raw: str) -> bool:
+        return self.jobs is None or any(_raw_matches(ref, raw) for ref in self.active())
+
+    def _note_statuses(self, rows: list[WatchRow], result: RunResult | None) -> None:
+        """Each active id's status this tick, picked as `status` picks it (restarts
+        counted along the chain), and the elements squeue listed for a whole array."""
+        if result is not None:
+            self.last_result = result
+        before, self.statuses = self.statuses, {}
+        for ref in self.active():
+            group = [st for w in rows if (st := status_of(ref, w.row)) is not None]
+            if not group:
+                # Over and no longer asked about: keep its final row (the last word
+                # squeue had, for a wait whose sacct never answers).
+                last = before.get(ref)
+                self.statuses[ref] = last if last is not None and is_terminal(last.state) else None
+                continue
+            self.seen_refs.add(ref)
+            job = pick_status(group)
+            self.statuses[ref] = dataclasses.replace(
+                job, restarts=job.restarts + self._offset(job.job_id)
+            )
+            if ref.task is None:
+                tasks = {s.array_task for s in group if s.array_task and s.array_task.isdigit()}
+                if tasks:
+                    self.elements.setdefault(ref, set()).update(tasks)
+
+    def squeue_done(self) -> bool:
+        """True when the last tick showed every active id over or gone from squeue."""
+        refs = self.active()
+        return bool(refs) and all(
+            ref in self.statuses
+            and ((job := self.statuses[ref]) is None or is_terminal(job.state))
+            for ref in refs
+        )
 
     def finish(
         self, raw: str, state: str, exit_code: str, when: datetime, why: str = ""
@@ -280,19 +328,43 @@ class Subscriber:
                 return
             seen = _Seen("", "", "", 0, "", ref.base,
                          None if ref.task is None else str(ref.task))
-        elif _over(seen.state):
+        elif _over(seen.state) or not self._covers(raw):
             return
         state = normalize_state(state)
         new = _Seen(state, why, exit_code, seen.restarts, seen.nodelist, seen.job_id,
-                    seen.array_task)
+                    seen.array_task, seen.user)
         self._emit(raw, new, seen.state or None, when)
         self.known[raw] = new if is_terminal(state) else dataclasses.replace(new, state=_GAVE_UP)
 
+    def follow_candidates(self) -> list[tuple[JobId, str]]:
+        """``(id, user)`` of followed plain jobs that just ended other than COMPLETED and
+        were not looked up yet: a resubmitted successor may carry on for them."""
+        if not self.successors:
+            return []
+        out: list[tuple[JobId, str]] = []
+        for ref in self.active():
+            seen = self.known.get(str(ref.base))
+            if (ref.task is None and ref not in self.checked and seen is not None
+                    and seen.user and is_terminal(seen.state) and seen.state != "COMPLETED"):
+                out.append((ref, seen.user))
+        return out
+
+    def follow(self, old: JobId, successor: int | None) -> None:
+        """Carry on with ``successor`` (resubmitted in ``old``'s place), or note that
+        ``old`` has none. The successor counts one restart more than ``old``."""
+        self.checked.add(old)
+        if successor is None or old.task is not None:
+            return
+        seen = self.known.get(str(old.base))
+        restarts = seen.restarts if seen is not None else 0
+        new = JobId(successor, None)
+        self.chain[old] = new
+        self.offsets[successor] = (restarts + 1, old.base)
+        self.jobs = (self.jobs or frozenset()) | {new}
+
     def open_refs(self) -> list[JobId]:
         """Watched ids not over yet (the ones the poller still asks squeue about)."""
-        if self.jobs is None:
-            return []
-        return [ref for ref in self.jobs if not self._ref_over(ref)]
+        return [ref for ref in self.active() if not self._ref_over(ref)]
 
     def _ref_over(self, ref: JobId) -> bool:
         mine = [s for raw, s in self.known.items() if _raw_matches(ref, raw)]
@@ -300,15 +372,18 @@ class Subscriber:
 
     def unseen(self) -> list[JobId]:
         """Watched ids no row has matched yet."""
-        if self.jobs is None:
-            return []
-        return [ref for ref in self.jobs if not any(
+        return [ref for ref in self.active() if not any(
             _raw_matches(ref, raw) for raw in self.known
         )]
 
     def all_over(self) -> bool:
         """For a watch of given ids: every one has been seen and is over."""
-        return self.jobs is not None and all(self._ref_over(ref) for ref in self.jobs)
+        return self.jobs is not None and all(self._ref_over(ref) for ref in self.active())
+
+    def end(self, item: BaseException | None = None) -> None:
+        """End the stream (normally, or with ``item``) and wake a waiting consumer."""
+        self.queue.put_nowait(item)
+        self.polled.set()
 
 
 _GAVE_UP = "UNKNOWN_FINAL"  # a watched id nobody knows: over, with no more events

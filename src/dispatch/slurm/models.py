@@ -42,6 +42,12 @@ class JobStatus:
     an array element also has ``array_job_id``, ``array_task`` (its index, or the index
     list of a pending remainder such as ``5-19%8``) and ``raw_id`` (``123_4``,
     ``123_[5-19%8]``) as squeue prints it. ``raw_id`` defaults to ``str(job_id)``.
+
+    ``restarts`` is how many times the job came back: squeue's restart count (requeues by
+    Slurm, preemption or dispatch's ``max_restarts``). Where `wait` / `watch` followed a
+    job resubmitted with the same dispatch token, the successor's status (from
+    `wait_until_running`) counts one more per resubmission along the chain; `status`
+    reports squeue's own count for the job asked about.
     """
 
     job_id: int
@@ -55,6 +61,7 @@ class JobStatus:
     array_job_id: int | None = None
     array_task: str | None = None
     raw_id: str = ""
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         if not self.raw_id:

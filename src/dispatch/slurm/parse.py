@@ -18,7 +18,7 @@ from .arrays import split_array_id
 from .models import JobInfo, JobStatus, NodeGres, NodeInfo, PartitionInfo
 from .nodelist import expand_nodelist, split_top_level
 from .sinfo_gres import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres, parse_sinfo_gres_counts
-from .states import normalize_state
+from .states import is_terminal, normalize_state
 
 __all__ = [
     "SQUEUE_ARGS",
@@ -54,13 +54,16 @@ log = logging.getLogger(__name__)
 
 # --- argv constants ------------------------------------------------------------------------
 
-#: squeue, one job per line: unique id | raw id (123_4, 123_[1-5], 123+0) | partition | user |
-#: long state | elapsed | node count | nodelist or (reason) | name (last: may contain ``|``).
-#: Caller appends e.g. ``--jobs=1,2,3`` or ``--user=NAME``.
+#: squeue, one job per line (THE squeue format: `status`, `queue` and the shared poller all
+#: use it): restart count | raw wait status | reason | unique id | raw id (123_4,
+#: 123_[1-5], 123+0) | partition | user | long state | elapsed | node count | nodelist or
+#: (reason) | name (last: may contain ``|``). ``--Format`` fields of width 0 (no
+#: truncation), each followed by ``|``. Caller appends e.g. ``--jobs=1,2,3`` or ``--user=NAME``.
 SQUEUE_ARGS: list[str] = [
     "squeue",
     "--noheader",
-    "--format=%A|%i|%P|%u|%T|%M|%D|%R|%j",
+    "--Format=RestartCnt:0|,exit_code:0|,Reason:0|,JobID:0|,JobArrayID:0|,Partition:0|,"
+    "UserName:0|,State:0|,TimeUsed:0|,NumNodes:0|,ReasonList:0|,Name:0|",
 ]
 
 #: squeue: unique job id | comment (last; free text). For recovering a submission by token.
@@ -120,6 +123,8 @@ SINFO_NODES_ARGS: list[str] = ["sinfo", "--noheader", "--Node", "--format=%N"]
 # --- helpers -------------------------------------------------------------------------------
 
 _JOB_ID_HEAD = re.compile(r"^(\d+)")
+# What may follow a job id in squeue's %i: nothing, an element, a pending range.
+_ARRAY_TAIL = re.compile(r"(_\d+|_\[[^\]]*\])?")
 _SIZE_SUFFIX = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 _COUNT = re.compile(r"^(\d+)([KMGTP]?)$", re.IGNORECASE)
 
@@ -131,10 +136,10 @@ def _lines(text: str) -> Iterator[str]:
 
 
 def _int(text: str) -> int | None:
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
+    """A plain decimal integer, else None (not ``int()``: it reads ``"9686_3"`` as 96863)."""
+    s = text.strip()
+    digits = s[1:] if s.startswith("-") else s
+    return int(s) if digits.isascii() and digits.isdigit() else None
 
 
 def _count(text: str) -> int | None:
@@ -166,12 +171,16 @@ class SqueueRow:
 
     ``status.job_id`` is the id ``sbatch --parsable`` returned (the array's base id for
     ``123_4``/``123_[1-5]``, the leader for heterogeneous ``123+1``); ``unique_id`` is
-    ``%A`` (each array element's own id); ``raw_id`` is ``%i`` verbatim.
+    ``%A`` (each array element's own id); ``raw_id`` is ``%i`` verbatim. ``exit_code``
+    is ``"status:signal"`` once the job is over (else ``""``); ``reason`` is Slurm's
+    reason (``None``, ``Priority``, ``JobHeldUser`` ...).
     """
 
     raw_id: str
     unique_id: int
     status: JobStatus
+    exit_code: str = ""
+    reason: str = ""
 
     @property
     def ids(self) -> frozenset[int]:
@@ -179,26 +188,38 @@ class SqueueRow:
         return frozenset({self.unique_id, self.status.job_id})
 
 
+def _exit_code(text: str, state: str) -> str:
+    """squeue prints the raw wait status (``256`` for exit 1, ``15`` for SIGTERM); give
+    sacct's ``"status:signal"`` once the job is over, else ``""``."""
+    text = text.strip()
+    if not is_terminal(state) or not text.isdigit():
+        return ""
+    raw = int(text)
+    return f"{raw >> 8}:{raw & 0x7F}"
+
+
 def parse_squeue_rows(text: str) -> list[SqueueRow]:
     """Parse `SQUEUE_ARGS` output into rows (malformed lines skipped)."""
     rows: list[SqueueRow] = []
     for line in _lines(text):
-        parts = line.split("|", 8)
-        if len(parts) != 9:
+        parts = line.split("|", 11)
+        if len(parts) != 12 or not parts[-1].endswith("|"):
             log.debug("squeue: skipping malformed line %r", line)
             continue
-        unique_s, raw_id, partition, user, state, elapsed, nodes_s, nodelist, name = parts
+        restarts_s, exit_s, reason, unique_s, raw_id, partition, user, state, elapsed, \
+            nodes_s, nodelist, name = parts
+        restarts = _int(restarts_s) if restarts_s.strip().isdigit() else None
         unique = _int(unique_s)
         head = _JOB_ID_HEAD.match(raw_id.strip())
         nodes = _int(nodes_s)
-        if unique is None or head is None or nodes is None:
+        if restarts is None or unique is None or head is None or nodes is None:
             log.debug("squeue: skipping malformed line %r", line)
             continue
         array_job_id, array_task = split_array_id(raw_id)
         status = JobStatus(
             job_id=int(head.group(1)),
             partition=partition.strip(),
-            name=name,
+            name=name[:-1],  # the name's ``|`` suffix
             user=user.strip(),
             state=normalize_state(state),
             time_elapsed=elapsed.strip(),
@@ -207,8 +228,11 @@ def parse_squeue_rows(text: str) -> list[SqueueRow]:
             array_job_id=array_job_id,
             array_task=array_task,
             raw_id=raw_id.strip(),
+            restarts=restarts,
         )
-        rows.append(SqueueRow(raw_id=raw_id.strip(), unique_id=unique, status=status))
+        rows.append(SqueueRow(raw_id=raw_id.strip(), unique_id=unique, status=status,
+                              exit_code=_exit_code(exit_s, status.state),
+                              reason=reason.strip()))
     return rows
 
 
@@ -222,15 +246,16 @@ def parse_squeue(text: str) -> list[JobStatus]:
 
 
 def parse_squeue_comments(text: str) -> list[tuple[int, str]]:
-    """Parse `SQUEUE_COMMENT_ARGS` output into ``(job_id, comment)`` pairs."""
+    """Parse `SQUEUE_COMMENT_ARGS` output into ``(job_id, comment)`` pairs (an array
+    element's ``123_4`` gives its array's id, 123, as sbatch returned it)."""
     out: list[tuple[int, str]] = []
     for line in _lines(text):
         job_s, sep, comment = line.partition("|")
-        job = _int(job_s)
-        if not sep or job is None:
+        head = _JOB_ID_HEAD.match(job_s.strip())
+        if not sep or head is None or not _ARRAY_TAIL.fullmatch(job_s.strip()[head.end():]):
             log.debug("squeue comments: skipping malformed line %r", line)
             continue
-        out.append((job, comment))
+        out.append((int(head.group(1)), comment))
     return out
 
 

@@ -1,9 +1,9 @@
 """One event stream per cluster: `watch` yields the job state changes the shared poller sees.
 
-Every `watch` and every `wait` on a host in a pool share that host's poller: one squeue
-per tick for all of them (``squeue --me`` when a watch wants all jobs), sacct only for jobs
-that left the queue between two ticks, ``scontrol show job`` when the cluster keeps no
-accounting.
+Every `watch` and every `wait` on a host in a pool share that host's poller (`.hub`): one
+squeue per tick for all of them (``squeue --me`` when a watch wants all jobs), sacct only
+for jobs that left the queue between two ticks, ``scontrol show job`` when the cluster
+keeps no accounting. `wait` is itself a consumer of the same stream (`.poller`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from ..errors import InvalidValueError
 from .arrays import JobRef, job_ref
 from .events import JobEvent, Subscriber
-from .poller import check_interval, subscribe
+from .hub import check_interval, subscribe
 
 __all__ = ["watch", "JobEvent"]
 
@@ -30,6 +30,13 @@ async def watch(
     the stream ends once every one of them is over (a job neither squeue nor sacct knows
     ends with one ``UNKNOWN`` event); without, it watches every job of the SSH user until
     the caller stops iterating.
+
+    A listed job that ends other than COMPLETED while a later job with the same
+    ``dispatch:<token>`` comment exists (dispatch's bootstrap resubmitted it where the site
+    will not requeue) is followed: after the old job's final event come the successor's,
+    with ``resubmitted_from`` set to the old id and ``restarts`` counting on from the old
+    job's (``restarts + 1``); the stream ends when the last job of the chain is over.
+    Jobs whose comment is not a dispatch token are never followed.
 
     Args:
         host: SSH host alias with SLURM access.
@@ -53,7 +60,8 @@ async def watch(
     if refs is not None and not refs:
         raise InvalidValueError("watch: jobs must name at least one job (or be None)")
     interval = check_interval(poll_interval)
-    sub = Subscriber(host, refs, interval, asyncio.get_running_loop().time())
+    sub = Subscriber(host, refs, interval, asyncio.get_running_loop().time(),
+                     successors=refs is not None)
     poller = subscribe(sub)
     try:
         while True:

@@ -1,0 +1,116 @@
+"""How a waited job's final answer is judged, and how a resubmitted successor is found.
+
+Pure (no I/O): the shared poller (`.hub`) feeds these its sacct / squeue answers.
+
+- Final rows: sacct has the final state of the job and, for an array, of every element
+  squeue listed; when sacct never gets there, what squeue last said (`fallback_info`).
+- Successors: where a site will not requeue, dispatch's bootstrap submits the job's script
+  again with the same ``--comment=dispatch:<token>`` while the old job ends. `successor`
+  picks that job from ``squeue --format=%A|%k`` output (`successor_argv`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from ..results import RunResult
+from . import parse
+from .arrays import JobId
+from .models import JobInfo, JobInfoResult, JobStatus
+from .query import check_name, is_final
+from .states import is_terminal
+
+__all__ = [
+    "info_from_status",
+    "all_final",
+    "fallback_info",
+    "is_dispatch_token",
+    "successor",
+    "successor_argv",
+]
+
+log = logging.getLogger(__name__)
+
+# The comment dispatch's submit puts on every job (see `.batch`): nothing else is followed.
+_TOKEN = re.compile(r"^dispatch:[A-Za-z0-9_-]+$")
+
+
+def info_from_status(job: JobStatus) -> JobInfo:
+    """A JobInfo built from a squeue row (no exit code or memory: squeue has neither)."""
+    return JobInfo(
+        job_id=job.raw_id if job.array_job_id is not None else str(job.job_id),
+        name=job.name,
+        partition=job.partition,
+        state=job.state,
+        exit_code="",
+        elapsed=job.time_elapsed,
+        max_rss="",
+        nodelist=job.nodelist,
+    )
+
+
+def all_final(steps: list[JobInfo], elements: set[str] | None) -> bool:
+    """sacct has the final state of the job and, for an array, of every element squeue
+    listed (slurmdbd records elements one by one: a partial answer is not final)."""
+    if not is_final(steps):
+        return False
+    for task in elements or ():
+        own = [r for r in steps if r.array_task == task and "." not in r.job_id]
+        if not is_final(own):
+            return False
+    return True
+
+
+def fallback_info(
+    ref: JobId,
+    host: str,
+    steps: list[JobInfo],
+    result: RunResult,
+    last: tuple[JobStatus | None, RunResult | None],
+    seen: bool,
+) -> JobInfoResult:
+    """sacct never recorded a final state: use what squeue last said, if it was final;
+    else sacct's partial rows, or no rows and a stderr line saying why."""
+    job, sq_result = last
+    if job is not None and sq_result is not None and is_terminal(job.state):
+        log.warning("sacct has no final state for job %s on %s; using squeue's", ref, host)
+        return JobInfoResult([info_from_status(job)], sq_result)
+    log.warning("sacct has no final state for job %s on %s", ref, host)
+    if steps or not result.ok:
+        return JobInfoResult(steps, result)
+    if seen:
+        why = "it left squeue but sacct has no record of it (is accounting enabled?)"
+    else:
+        why = "neither squeue nor sacct knows it (wrong job id, or long gone)"
+    stderr = f"dispatch: no final state for job {ref} on {host}: {why}\n"
+    return JobInfoResult([], RunResult(result.returncode, result.stdout, result.stderr + stderr))
+
+
+def is_dispatch_token(comment: str) -> bool:
+    """True when ``comment`` is exactly ``dispatch:<token>`` (what dispatch's submit sets)."""
+    return bool(_TOKEN.match(comment.strip()))
+
+
+def successor_argv(user: str) -> list[str]:
+    """``squeue`` listing ``user``'s jobs (finished ones too) with their comments."""
+    return [*parse.SQUEUE_COMMENT_ARGS, "--states=all", f"--user={check_name('user', user)}"]
+
+
+def successor(old: int, squeue_comments: str) -> int | None:
+    """The job resubmitted in place of ``old``: the first later job whose comment is
+    ``old``'s, when that is a dispatch token (never for any other comment).
+
+    Args:
+        old: The id of the job that ended.
+        squeue_comments: `successor_argv` output (``id|comment`` lines).
+
+    Returns:
+        The successor's id, or None (no token, ``old`` not listed, or no later job).
+    """
+    pairs = parse.parse_squeue_comments(squeue_comments)
+    comment = next((c.strip() for job, c in pairs if job == old), None)
+    if comment is None or not is_dispatch_token(comment):
+        return None
+    later = sorted(job for job, c in pairs if job > old and c.strip() == comment)
+    return later[0] if later else None
