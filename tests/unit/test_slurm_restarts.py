@@ -14,7 +14,9 @@ from dispatch.errors import InvalidValueError
 from dispatch.slurm.job import SlurmJob
 from dispatch.slurm.restarts import (
     CHECKPOINT_SIGNALS,
+    RESTART_BY,
     check_restart_fields,
+    frozen_pattern,
     restart_command,
     restart_directives,
 )
@@ -88,6 +90,8 @@ def test_restart_block_traps_the_signal_and_term() -> None:
     {"signal_before_end": 90, "max_restarts": 2},
     {"signal_before_end": 30, "checkpoint_signal": "TERM", "max_restarts": 1},
     {"signal_before_end": 30, "array": "0-3"},
+    {"signal_before_end": 30, "max_restarts": 2, "restart_by": "resubmit", "array": "0-3",
+     "output": "/a b/%x-%A_%a.out", "error": "e'%5j.err"},
 ])
 def test_rendered_scripts_pass_bash_n_and_shellcheck(
     kw: dict[str, object], tmp_path: pathlib.Path
@@ -146,3 +150,121 @@ def test_restart_block_restarts_on_sigterm_only_when_preempted(
         assert "got SIGTERM: restart 1 of 2" in proc.stderr
     else:
         assert "not preempted): not restarting" in proc.stderr
+
+
+# --- restart_by: "requeue" (Slurm requeues) or "resubmit" (a new job, the same token) ---
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"restart_by": "cancel"}, r"SlurmJob.restart_by: 'cancel' must be one of requeue, resubmit"),
+    ({"restart_by": "Resubmit"}, r"restart_by: 'Resubmit' must be one of"),
+    ({"restart_by": None}, r"restart_by: None must be one of"),
+    ({"restart_by": ["resubmit"]}, r"restart_by: \['resubmit'\] must be one of"),
+    # Job ids and nodes the resubmitted job does not share: refused in its file names.
+    ({"restart_by": "resubmit", "signal_before_end": 60, "max_restarts": 1,
+      "output": "logs/%N-%j.out"},
+     r"SlurmJob.output: 'logs/%N-%j.out' has %N, which a job resubmitted"),
+    ({"restart_by": "resubmit", "signal_before_end": 60, "max_restarts": 1,
+      "error": "e-%J.err"}, r"SlurmJob.error: 'e-%J.err' has %J"),
+    ({"restart_by": "resubmit", "signal_before_end": 60, "max_restarts": 1,
+      "extra_directives": ["--export=NONE"]},
+     r"extra_directives\[0\]: '--export=NONE' cannot be combined with restart_by=\"resubmit\""),
+])
+def test_bad_restart_by_names_the_field_and_value(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidValueError, match=message):
+        _job(**kw)
+
+
+def test_restart_by_accepts_what_a_resubmission_can_keep() -> None:
+    _job(restart_by="resubmit")  # no restarts: nothing to keep
+    _job(restart_by="requeue", signal_before_end=60, max_restarts=1, output="%N-%J.out",
+         extra_directives=["--export=NONE"])  # requeued: same id and environment
+    _job(restart_by="resubmit", signal_before_end=60, max_restarts=1,
+         output="a\\%N.out",  # a backslash: sbatch expands nothing
+         error="logs/%x-%u-%5j-%%N.err", extra_directives=["--export=ALL,A=1"])
+    with pytest.raises(InvalidValueError, match="restart_by: 'x'"):
+        restart_command("true", "USR1", 1, "x")  # rendered into shell: checked here too
+
+
+def test_directives_for_each_restart_by() -> None:
+    assert restart_directives(90, "USR1", 3, "requeue") == [
+        "--signal=USR1@90", "--requeue", "--open-mode=append"]
+    assert restart_directives(90, "USR1", 3, "resubmit") == [
+        "--signal=USR1@90", "--no-requeue", "--open-mode=append"]
+    assert restart_directives(90, "USR2", 0, "resubmit") == ["--signal=USR2@90"]
+    assert RESTART_BY == ("requeue", "resubmit")
+    resubmit = _job(signal_before_end=90, max_restarts=2, restart_by="resubmit")
+    d = resubmit.sbatch_directives()
+    assert "--no-requeue" in d and "--requeue" not in d and "--open-mode=append" in d
+    default = _job(signal_before_end=90, max_restarts=2).sbatch_directives()
+    assert "--requeue" in default and "--no-requeue" not in default
+
+
+@pytest.mark.parametrize(("pattern", "word"), [
+    ("slurm-%j.out", 'slurm-"$SLURM_JOB_ID".out'),
+    ("/a b/o-%A_%a %x.log", "'/a b/o-'\"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}\"'_%a %x.log'"),
+    # %% stays an escaped % for sbatch; "%%j" is a literal "%j", not the id.
+    ("a%%b %j %%j 5%.log", "'a%%b '\"$SLURM_JOB_ID\"' %%j 5%.log'"),
+    ("x%5j", 'x"$(printf %05d "$SLURM_JOB_ID")"'),
+    ("it's%j", "'it'\"'\"'s'\"$SLURM_JOB_ID\""),
+    ("a\\%j", "'a\\%j'"),  # a backslash: sbatch expands nothing, nor do we
+    ("/dev/null", "/dev/null"),
+])
+def test_frozen_pattern_fixes_the_job_id_and_quotes_the_rest(pattern: str, word: str) -> None:
+    assert frozen_pattern(pattern) == word
+
+
+def test_frozen_pattern_expands_to_the_first_runs_names() -> None:
+    """What bash makes of the word, with this run's ids: sbatch's pattern for the successor."""
+    cases = {
+        "slurm-%j.out": "slurm-77.out",
+        "/a b/o-%A_%a %x.log": "/a b/o-70_%a %x.log",
+        "a%%b %j %%j $HOME `x`": "a%%b 77 %%j $HOME `x`",
+        "x%5j-%3A": "x00077-070",
+    }
+    for pattern, expected in cases.items():
+        proc = subprocess.run(
+            ["bash", "-c", f"printf '%s' {frozen_pattern(pattern)}"], capture_output=True,
+            text=True, env={"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "PATH": "/bin"},
+        )
+        assert proc.stdout == expected, (pattern, proc.stderr)
+
+
+def test_resubmit_block_renders_the_mode_and_the_files() -> None:
+    block = restart_command("train", "USR1", 2, "resubmit", output="o-%j.out", error=None)
+    assert "DISPATCH_RESTART_BY=resubmit" in block
+    assert "    out=o-\"$SLURM_JOB_ID\".out\n    err=''\n" in block
+    assert "{{" not in block
+    requeue = restart_command("train", "USR1", 2)
+    assert "DISPATCH_RESTART_BY=requeue" in requeue
+    assert "    out=slurm-\"$SLURM_JOB_ID\".out\n" in requeue  # sbatch's default
+    # SlurmJob passes its own patterns (an array's default is per element).
+    arr = _job(signal_before_end=90, max_restarts=2, restart_by="resubmit", array="0-3",
+               error="/l/e-%j.err").to_bootstrap_script()
+    assert "out=slurm-\"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}\"_%a.out" in arr
+    assert "err=/l/e-\"$SLURM_JOB_ID\".err" in arr
+
+
+def _fields(record: str, *names: str) -> list[str]:
+    """dispatch_field of the rendered block, run on a record."""
+    block = restart_command("true", "USR1", 1)
+    start = block.index("dispatch_field() {")
+    func = block[start:block.index("\n}\n", start) + 3]
+    script = func + "".join(f'dispatch_field "$R" {n}; echo "|"\n' for n in names)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env={"R": record, "PATH": "/usr/bin:/bin"}, check=True)
+    return [v for v in proc.stdout.split("|\n")][: len(names)]
+
+
+def test_dispatch_field_reads_scontrol_records_with_spaces_in_paths() -> None:
+    """On `scontrol --oneliner show job` text captured from the testbed."""
+    fixture = pathlib.Path(__file__).parent.parent / "fixtures" / "slurm" / "restarts"
+    record = (fixture / "scontrol_show_job.txt").read_text().strip("\n")
+    assert _fields(record, "Command WorkDir",
+                   "WorkDir AdminComment SystemComment Comment StdErr",
+                   "Comment StdErr", "Nope WorkDir") == [
+        "/home/dispatcher/.dispatch-tests/fx dir 50%/sbatch.sh",
+        "/home/dispatcher/.dispatch-tests/fx dir 50%",
+        "dispatch:0123456789abcdef",
+        "",
+    ]

@@ -30,11 +30,17 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Literal
 
 from ..errors import InvalidValueError
 from .arrays import ARRAY_OUTPUT, check_array_output, check_array_spec
 from .mounts import JuiceFSMount, split_password
-from .restarts import check_restart_fields, restart_command, restart_directives
+from .restarts import (
+    check_restart_fields,
+    check_resubmit_pattern,
+    restart_command,
+    restart_directives,
+)
 
 __all__ = [
     "SlurmJob",
@@ -208,6 +214,11 @@ class SlurmJob:
     checkpoint_signal: str = field(default="USR1", kw_only=True)  # USR1 USR2 TERM INT HUP
     #: Times the job may come back (requeued, or resubmitted with its token). 0: never.
     max_restarts: int = field(default=0, kw_only=True)
+    #: How it comes back: ``"requeue"`` (``--requeue``; Slurm requeues it under the same
+    #: id, and where Slurm refuses it is resubmitted) or ``"resubmit"`` (``--no-requeue``,
+    #: for sites that cancel preempted jobs: a new job with the same token, name, work dir,
+    #: output file and checkpoint dir; an array element resubmits only itself).
+    restart_by: Literal["requeue", "resubmit"] = field(default="requeue", kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -235,7 +246,11 @@ class SlurmJob:
             check_array_spec(self.array)
             check_array_output("output", self.output)
             check_array_output("error", self.error)
-        check_restart_fields(self.signal_before_end, self.checkpoint_signal, self.max_restarts)
+        check_restart_fields(self.signal_before_end, self.checkpoint_signal, self.max_restarts,
+                             self.restart_by)
+        if self.restart_by == "resubmit" and self.max_restarts > 0:
+            check_resubmit_pattern("output", self.output)
+            check_resubmit_pattern("error", self.error)
         if not self.payload_extract_to:
             raise _bad("payload_extract_to", self.payload_extract_to, "must not be empty")
         self._check_ints()
@@ -253,6 +268,14 @@ class SlurmJob:
             _check_text(f"extra_directives[{i}]", directive)
             if not directive.startswith("--") or len(directive) < 3:
                 raise _bad(f"extra_directives[{i}]", directive, "must start with '--'")
+            if (self.restart_by == "resubmit" and self.max_restarts > 0
+                    and directive.startswith("--export")
+                    and not directive.startswith("--export=ALL")):
+                # The successor learns its restart count and checkpoint dir from the
+                # environment sbatch exports.
+                raise _bad(f"extra_directives[{i}]", directive,
+                           'cannot be combined with restart_by="resubmit" (the resubmitted '
+                           "job needs the exported environment)")
         for i, module in enumerate(self.modules):
             _check_pattern(f"modules[{i}]", module, _MODULE, "module name")
         for i, group in enumerate(self.uv_groups):
@@ -393,7 +416,7 @@ class SlurmJob:
         if self.array is not None:
             d.append(f"--array={self.array}")
         d.extend(restart_directives(self.signal_before_end, self.checkpoint_signal,
-                                    self.max_restarts))
+                                    self.max_restarts, self.restart_by))
         if self.output is not None or self.array is not None:
             d.append(f"--output={sbatch_quote(self.output or ARRAY_OUTPUT)}")
         if self.error is not None:
@@ -448,7 +471,9 @@ class SlurmJob:
     def _command_section(self) -> str:
         if self.signal_before_end is None or not self.is_slurm:
             return f"bash -c {shlex.quote(self.command)}"
-        return restart_command(self.command, self.checkpoint_signal, self.max_restarts)
+        output = self.output or (ARRAY_OUTPUT if self.array is not None else "slurm-%j.out")
+        return restart_command(self.command, self.checkpoint_signal, self.max_restarts,
+                               self.restart_by, output=output, error=self.error)
 
     def _work_dir(self) -> str | None:
         if self.workdir and self.root_dir and not self.workdir.startswith(("/", "~", "$")):

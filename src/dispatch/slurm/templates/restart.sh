@@ -1,20 +1,25 @@
-# Checkpoint and restart (SlurmJob.signal_before_end / max_restarts). Slurm sends
-# SIG{{signal}} to every process of the job step -- this shell and the command alike --
-# signal_before_end seconds before the time limit. On preemption Slurm 22.05 sends the
-# step SIGTERM instead (within a second, then GraceTime before the kill), so SIGTERM is
-# trapped too. Either way the command saves its state (in $DISPATCH_CHECKPOINT_DIR) and
-# exits; this shell only notes the signal. Once the command has exited, task 0 asks
-# Slurm to requeue the job (up to max_restarts times) or, where the site refuses, submits
-# the same script again with the same token. A SIGTERM restarts the job only when Slurm
-# is preempting it (PreemptTime set): a plain `scancel` also sends SIGTERM and must end
-# the job. The command sees DISPATCH_RESTART (0 on the first run), DISPATCH_MAX_RESTARTS,
-# DISPATCH_CHECKPOINT_SIGNAL and DISPATCH_CHECKPOINT_DIR (kept across restarts).
+# Checkpoint and restart (SlurmJob.signal_before_end / max_restarts / restart_by). Slurm
+# sends SIG{{signal}} to every process of the job step -- this shell and the command
+# alike -- signal_before_end seconds before the time limit. On preemption Slurm 22.05
+# sends the step SIGTERM instead (within a second, then GraceTime before the kill), so
+# SIGTERM is trapped too. Either way the command saves its state (in
+# $DISPATCH_CHECKPOINT_DIR) and exits; this shell only notes the signal. Once the command
+# has exited, task 0 brings the job back (up to max_restarts times): restart_by=requeue
+# asks Slurm to requeue it (same job id) and, where Slurm refuses, resubmits it;
+# restart_by=resubmit (the job has --no-requeue: the site cancels it) submits the same
+# wrapper again as a new job with the same token, before the grace time ends. A SIGTERM
+# restarts the job only when Slurm is preempting it (PreemptTime set): a plain `scancel`
+# also sends SIGTERM and must end the job. The command sees DISPATCH_RESTART (0 on the
+# first run), DISPATCH_MAX_RESTARTS, DISPATCH_CHECKPOINT_SIGNAL and DISPATCH_CHECKPOINT_DIR
+# (kept across restarts: a resubmitted job gets its predecessor's).
 DISPATCH_RESTART=$(( ${SLURM_RESTART_COUNT:-0} + ${DISPATCH_RESUBMITS:-0} ))
 DISPATCH_MAX_RESTARTS={{max_restarts}}
 DISPATCH_CHECKPOINT_SIGNAL={{signal}}
+DISPATCH_RESTART_BY={{restart_by}}
 dispatch_ckpt_id="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-$$}}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"
 DISPATCH_CHECKPOINT_DIR="${DISPATCH_CHECKPOINT_DIR:-$DISPATCH_WORK_DIR/.dispatch-checkpoint/$dispatch_ckpt_id}"
 export DISPATCH_RESTART DISPATCH_MAX_RESTARTS DISPATCH_CHECKPOINT_SIGNAL DISPATCH_CHECKPOINT_DIR
+export DISPATCH_RESTART_BY
 (umask 077 && mkdir -p "$DISPATCH_CHECKPOINT_DIR")
 dispatch_signalled=""
 trap 'dispatch_signalled=${dispatch_signalled:-{{signal}}}; dispatch_woken=1' {{signal}}
@@ -42,15 +47,63 @@ dispatch_preempted() {
     esac
     return 1
 }
+dispatch_field() {
+    # Field $2 of scontrol's one-line record $1: its text up to the first of the fields
+    # named after it (values may hold spaces: paths).
+    local record=$1 name=$2 value next
+    value=${record#* "$name"=}
+    [ "$value" != "$record" ] || return 1
+    shift 2
+    for next in "$@"; do value=${value%% "$next"=*}; done
+    printf '%s' "${value% }"
+}
 dispatch_resubmit() {
-    # The site would not requeue: submit the same wrapper again, with the same token.
-    local info script comment
+    # Submit the wrapper this job ran again, as a new job with the same token (comment),
+    # job name (the wrapper's), work dir and output files (appended: the job's patterns
+    # with %j and %A frozen to this run's ids; scontrol's StdOut mangles %%); an array
+    # element resubmits only itself. The successor sees DISPATCH_RESTART one higher and
+    # the same checkpoint dir.
+    # Slurm's variables of this job and step are not passed on (stale values: srun and
+    # the restart count would read them); everything else is, as sbatch does by default.
+    # Then this job cancels itself: it ends CANCELLED (or PREEMPTED), never COMPLETED,
+    # so neither `afterok` dependents nor a waiter take the hand-over for success.
+    local info script workdir comment out err new self
+    local -a opts
     info=$(scontrol --oneliner show job "$SLURM_JOB_ID") || return 1
-    script=$(printf '%s\n' "$info" | sed -n 's/.* Command=\(.*\) WorkDir=.*/\1/p')
-    comment=$(printf '%s\n' "$info" | sed -n 's/.* Comment=\(dispatch:[A-Za-z0-9_-]*\).*/\1/p')
-    [ -n "$script" ] && [ -f "$script" ] || return 1
-    DISPATCH_RESUBMITS=$((DISPATCH_RESTART + 1)) sbatch --parsable \
-        ${comment:+"--comment=$comment"} "$script" >&2
+    script=$(dispatch_field "$info" Command WorkDir)
+    if [ -z "$script" ] || [ ! -f "$script" ]; then
+        dispatch_log "job $SLURM_JOB_ID: its batch script ${script:-(none)} is not a file"
+        return 1
+    fi
+    workdir=$(dispatch_field "$info" WorkDir AdminComment SystemComment Comment StdErr)
+    comment=$(dispatch_field "$info" Comment StdErr)
+    out={{output}}
+    err={{error}}
+    opts=(--parsable --open-mode=append)
+    [ -n "$workdir" ] && opts+=("--chdir=$workdir")
+    [ -n "$out" ] && opts+=("--output=$out")
+    [ -n "$err" ] && opts+=("--error=$err")
+    [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && opts+=("--array=$SLURM_ARRAY_TASK_ID")
+    case $comment in
+        dispatch:*[!A-Za-z0-9_-]* | dispatch:) comment="" ;;
+        dispatch:*) opts+=("--comment=$comment") ;;
+        *) comment="" ;;
+    esac
+    new=$(
+        for dispatch_var in $(compgen -e); do
+            case $dispatch_var in
+                SLURM_CONF) ;;
+                SLURM_* | SLURMD_*) unset "$dispatch_var" ;;
+            esac
+        done
+        DISPATCH_RESUBMITS=$((DISPATCH_RESTART + 1)) \
+            DISPATCH_CHECKPOINT_DIR=$DISPATCH_CHECKPOINT_DIR sbatch "${opts[@]}" "$script"
+    ) || return 1
+    dispatch_log "resubmitted job $SLURM_JOB_ID as job ${new%%;*}${comment:+ ($comment)}"
+    # An element by its array id: an element's own id may be the whole array's.
+    self=${SLURM_ARRAY_TASK_ID:+${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID}
+    scancel "${self:-$SLURM_JOB_ID}" || dispatch_log "could not cancel job ${self:-$SLURM_JOB_ID}"
+    return 0
 }
 if [ "$dispatch_signalled" = TERM ] && [ "$DISPATCH_CHECKPOINT_SIGNAL" != TERM ] \
         && ! dispatch_preempted; then
@@ -60,7 +113,11 @@ fi
 if [ -n "$dispatch_signalled" ] && [ "${SLURM_PROCID:-0}" = 0 ] \
         && [ "$DISPATCH_RESTART" -lt "$DISPATCH_MAX_RESTARTS" ]; then
     dispatch_log "got SIG$dispatch_signalled: restart $((DISPATCH_RESTART + 1)) of $DISPATCH_MAX_RESTARTS"
-    scontrol requeue "$SLURM_JOB_ID" || dispatch_resubmit \
-        || dispatch_log "could not requeue or resubmit job $SLURM_JOB_ID"
+    if [ "$DISPATCH_RESTART_BY" = resubmit ]; then
+        dispatch_resubmit || dispatch_log "could not resubmit job $SLURM_JOB_ID"
+    else
+        scontrol requeue "$SLURM_JOB_ID" || dispatch_resubmit \
+            || dispatch_log "could not requeue or resubmit job $SLURM_JOB_ID"
+    fi
 fi
 exit "$dispatch_rc"
