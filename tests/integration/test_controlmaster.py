@@ -110,6 +110,32 @@ async def test_a_timeout_through_the_master_kills_the_remote_command(
     assert left.ok and left.stdout.strip() == "", left.stdout
 
 
+async def test_transfers_ride_the_master_without_any_login(
+    testbed: Testbed, realism: Realism, master: Path, tmp_path: Path
+) -> None:
+    before = realism.otp_usersfile.read_text()
+    tree = tmp_path / "up"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB, every byte
+    remote = f"/tmp/dispatch-cm-{os.getpid()}-{tmp_path.name}"
+    async with Pool(ssh_config=master, kbdint=None) as pool:
+        up = await dx.copy_to(tree, realism.mfa, remote)
+        wrote = await dx.write_file(realism.mfa, f"{remote}/w.txt", b"written\n")
+        down = await dx.copy_from(realism.mfa, remote, tmp_path / "down")
+        listed = await dx.run(f"stat -c '%a %n' {remote}/w.txt; rm -rf {remote}", realism.mfa)
+        stats = pool.stats()
+    assert (up.returncode, wrote.returncode, down.returncode) == (0, 0, 0), (
+        up.stderr + wrote.stderr + down.stderr)
+    got = tmp_path / "down"
+    assert (got / "a.txt").read_text() == "alpha\n"
+    assert (got / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 4096
+    assert (got / "w.txt").read_text() == "written\n"
+    assert listed.stdout.split()[0] == "600"  # write_file's mode, through the master too
+    assert realism.mfa not in stats  # dispatch opened no connection of its own
+    assert realism.otp_usersfile.read_text() == before  # and no code was used
+
+
 def test_blocking_dispatch_run_rides_the_master_in_a_fresh_process(
     testbed: Testbed, realism: Realism, master: Path
 ) -> None:

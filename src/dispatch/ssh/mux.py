@@ -34,7 +34,7 @@ from .output import Sink
 from .pool import Pool
 from .registry import PoolKey
 
-__all__ = ["Master", "find_master", "run_via_master"]
+__all__ = ["Master", "find_master", "master_gate", "run_via_master"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,14 @@ async def find_master(pool: Pool, host: str) -> Master | None:
     return master
 
 
+def master_gate(pool: Pool, host: str) -> asyncio.Semaphore:
+    """The slots of ``host``'s master in ``pool``: sessions on it (commands, SFTP) at once
+    are capped at ``max_channels_per_connection`` (the master is one connection)."""
+    return pool.registry.get(_GATES).setdefault(
+        host, asyncio.Semaphore(pool.max_channels_per_connection)
+    )
+
+
 async def _ssh(
     master: Master, command: str, data: bytes | None
 ) -> asyncio.subprocess.Process:
@@ -239,9 +247,7 @@ async def run_via_master(
         reached and the command did not start (log in instead).
     """
     host = master.host
-    gate = pool.registry.get(_GATES).setdefault(
-        host, asyncio.Semaphore(pool.max_channels_per_connection)
-    )
+    gate = master_gate(pool, host)
     proc: asyncio.subprocess.Process | None = None
     errs = _Tee(err)
     try:

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .context import current_pool
+from .mux import find_master
+from .mux_sftp import close_sftp_via_master, open_sftp_via_master
 from .registry import PoolKey
 
 __all__ = [
@@ -133,8 +135,17 @@ _BROKEN = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection, asyncssh.Conn
 
 @contextlib.asynccontextmanager
 async def session(host: str) -> AsyncIterator[asyncssh.SFTPClient]:
-    """The SFTP session of a pooled connection to ``host``, holding a channel slot while used."""
+    """The SFTP session of a pooled connection to ``host``, holding a channel slot while used
+    (or, when the user's ControlMaster to ``host`` listens, a session on that master)."""
     pool = current_pool()
+    master = await find_master(pool, host)
+    via = await open_sftp_via_master(pool, master) if master is not None else None
+    if via is not None:
+        try:
+            yield via.client
+        finally:
+            await close_sftp_via_master(via)
+        return
     sessions = pool.registry.get(SESSIONS)
     lease, client = await pool.open_channel(host, sessions.client_for)
     try:
