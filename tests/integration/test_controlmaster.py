@@ -110,6 +110,20 @@ async def test_a_timeout_through_the_master_kills_the_remote_command(
     assert left.ok and left.stdout.strip() == "", left.stdout
 
 
+def sftp_children() -> list[str]:
+    """Command lines of this process's children that run the sftp subsystem (``ssh -s``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"-s" in argv:
+            found.append(" ".join(a.decode() for a in argv))
+    return found
+
+
 async def test_transfers_ride_the_master_without_any_login(
     testbed: Testbed, realism: Realism, master: Path, tmp_path: Path
 ) -> None:
@@ -125,6 +139,8 @@ async def test_transfers_ride_the_master_without_any_login(
         down = await dx.copy_from(realism.mfa, remote, tmp_path / "down")
         listed = await dx.run(f"stat -c '%a %n' {remote}/w.txt; rm -rf {remote}", realism.mfa)
         stats = pool.stats()
+        during = sftp_children()
+    after = sftp_children()
     assert (up.returncode, wrote.returncode, down.returncode) == (0, 0, 0), (
         up.stderr + wrote.stderr + down.stderr)
     got = tmp_path / "down"
@@ -132,6 +148,8 @@ async def test_transfers_ride_the_master_without_any_login(
     assert (got / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 4096
     assert (got / "w.txt").read_text() == "written\n"
     assert listed.stdout.split()[0] == "600"  # write_file's mode, through the master too
+    # the three transfers shared one SFTP session on the master, closed with the pool
+    assert len(during) == 1 and after == [], (during, after)
     assert realism.mfa not in stats  # dispatch opened no connection of its own
     assert realism.otp_usersfile.read_text() == before  # and no code was used
 

@@ -6,6 +6,11 @@ subsystem on the master's connection (no login of ours, no second factor) and th
 asyncssh starts that client only on its own channels, so this module hands it a reader
 and a writer with the few methods it uses. Should a later asyncssh change them, the
 transfer logs in as usual (said once in the log) instead of failing.
+
+One session per host is kept open for the pool's life and shared by its transfers (as
+over dispatch's own connections): starting one costs about five round trips (the mux
+session, the subsystem, the SFTP version and limits, the close), which a slow link
+would otherwise pay on every transfer.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from typing import Any
 
 import asyncssh
 
-from .mux import Master, master_gate
+from .mux import Master
 from .pool import Pool
+from .registry import PoolKey
 
-__all__ = ["MasterSftp", "open_sftp_via_master", "close_sftp_via_master"]
+__all__ = [
+    "MasterSftp", "master_sftp", "forget_master_sftp", "open_sftp_via_master",
+    "close_sftp_via_master",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +41,72 @@ _warned: set[str] = set()
 
 @dataclass(eq=False)
 class MasterSftp:
-    """An SFTP session on a master: the client, its ``ssh`` process, the held slot."""
+    """An SFTP session on a master: the client, its ``ssh`` process, its packet reader."""
 
     client: asyncssh.SFTPClient
     proc: asyncio.subprocess.Process
-    gate: asyncio.Semaphore
     reader: asyncio.Task[None]
+
+
+async def _close_all(sessions: dict[str, asyncio.Task[MasterSftp | None]]) -> None:
+    for task in list(sessions.values()):
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        elif not task.cancelled() and task.exception() is None:
+            session = task.result()
+            if session is not None:
+                await close_sftp_via_master(session)
+    sessions.clear()
+
+
+# Per pool: host -> its shared session on the master (being started, or open).
+_SESSIONS: PoolKey[dict[str, asyncio.Task[MasterSftp | None]]] = PoolKey(
+    "ssh.mux_sftp sessions", dict, _close_all
+)
+
+
+async def master_sftp(pool: Pool, master: Master) -> asyncssh.SFTPClient | None:
+    """The pool's shared SFTP session on ``master`` (started on first use; started again
+    when the last one ended), or None when the master cannot carry SFTP (log in instead).
+
+    Args:
+        pool: the pool the session belongs to (closed with it).
+        master: from `mux.find_master`.
+
+    Returns:
+        The SFTP client, or None.
+    """
+    sessions = pool.registry.get(_SESSIONS)
+    task = sessions.get(master.host)
+    if task is not None and task.done():
+        ended = task.cancelled() or task.exception() is not None or task.result() is None
+        if not ended:
+            session = task.result()
+            assert session is not None
+            ended = session.proc.returncode is not None or session.reader.done()
+            if ended:
+                await close_sftp_via_master(session)
+        if ended:
+            del sessions[master.host]
+            task = None
+    if task is None:
+        task = asyncio.ensure_future(open_sftp_via_master(pool, master))
+        sessions[master.host] = task
+    session = await asyncio.shield(task)
+    if session is None and sessions.get(master.host) is task:
+        del sessions[master.host]  # not cached: the next transfer tries the master again
+    return None if session is None else session.client
+
+
+async def forget_master_sftp(pool: Pool, host: str) -> None:
+    """Close ``host``'s shared session on its master after it broke under a transfer."""
+    task = pool.registry.get(_SESSIONS).pop(host, None)
+    if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+        session = task.result()
+        if session is not None:
+            await close_sftp_via_master(session)
 
 
 class _Channel:
@@ -119,8 +188,9 @@ def _client(proc: asyncio.subprocess.Process) -> tuple[Any, asyncssh.SFTPClient]
 
 
 async def open_sftp_via_master(pool: Pool, master: Master) -> MasterSftp | None:
-    """Start an SFTP session on ``master`` (one ``ssh -s sftp`` process, one of the
-    master's session slots held until `close_sftp_via_master`).
+    """Start an SFTP session on ``master`` (one ``ssh -s sftp`` process); `master_sftp`
+    keeps one per host and shares it. Users hold a slot of `mux.master_gate` while they
+    use it (an idle session counts against the margin the cap leaves below MaxSessions).
 
     Args:
         pool: the pool whose channel cap bounds the sessions on the master.
@@ -130,8 +200,6 @@ async def open_sftp_via_master(pool: Pool, master: Master) -> MasterSftp | None:
         The session; None when the master could not be used (not reached, or asyncssh's
         internals differ): then log in as usual.
     """
-    gate = master_gate(pool, master.host)
-    await gate.acquire()
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     try:
@@ -152,39 +220,35 @@ async def open_sftp_via_master(pool: Pool, master: Master) -> MasterSftp | None:
         why = await _stderr(proc)
         log.debug("SFTP through the ControlMaster of %s not started: %s %s", master.host,
                   type(exc).__name__, why)
-        await _undo(proc, task, gate)
+        await _undo(proc, task)
         return None
     except BaseException:
-        await _undo(proc, task, gate)
+        await _undo(proc, task)
         raise
     log.debug("SFTP to %s through its ControlMaster %s", master.host, master.control_path)
-    return MasterSftp(client, proc, gate, task)
+    return MasterSftp(client, proc, task)
 
 
 async def close_sftp_via_master(session: MasterSftp) -> None:
-    """End the session: EOF to the subsystem, then the process (bounded), then the slot."""
+    """End the session: EOF to the subsystem, then the process (bounded)."""
     try:
         with contextlib.suppress(Exception):
             session.client.exit()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(session.proc.wait()), 5.0)
     finally:
-        await _undo(session.proc, session.reader, session.gate)
+        await _undo(session.proc, session.reader)
 
 
 async def _undo(
-    proc: asyncio.subprocess.Process | None, task: asyncio.Task[None] | None,
-    gate: asyncio.Semaphore,
-) -> None:  # fmt: skip
-    try:
-        if proc is not None:
-            await _stop(proc)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    finally:
-        gate.release()
+    proc: asyncio.subprocess.Process | None, task: asyncio.Task[None] | None
+) -> None:
+    if proc is not None:
+        await _stop(proc)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 class _Unusable(Exception):

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .context import current_pool
-from .mux import find_master
-from .mux_sftp import close_sftp_via_master, open_sftp_via_master
+from .mux import find_master, master_gate
+from .mux_sftp import forget_master_sftp, master_sftp
 from .registry import PoolKey
 
 __all__ = [
@@ -139,12 +139,15 @@ async def session(host: str) -> AsyncIterator[asyncssh.SFTPClient]:
     (or, when the user's ControlMaster to ``host`` listens, a session on that master)."""
     pool = current_pool()
     master = await find_master(pool, host)
-    via = await open_sftp_via_master(pool, master) if master is not None else None
-    if via is not None:
+    shared = await master_sftp(pool, master) if master is not None else None
+    if shared is not None:
         try:
-            yield via.client
-        finally:
-            await close_sftp_via_master(via)
+            async with master_gate(pool, host):  # a session slot on the master while used
+                yield shared
+        except BaseException as exc:
+            if isinstance(first_error(exc), _BROKEN):
+                await asyncio.shield(forget_master_sftp(pool, host))
+            raise
         return
     sessions = pool.registry.get(SESSIONS)
     lease, client = await pool.open_channel(host, sessions.client_for)
