@@ -1,6 +1,6 @@
 """events.py: the watch squeue format's parser, scontrol records, and the per-watch event
 logic (`Subscriber`, following resubmitted jobs too) fed captured testbed text
-(tests/fixtures/slurm/watch_squeue*.txt, squeue_restarts.txt, successor_comments.txt,
+(tests/fixtures/slurm/watch_squeue*.txt, squeue_restarts.txt, successor_elements*.txt,
 scontrol_show_job.txt; Slurm 22.05.8)."""
 
 from __future__ import annotations
@@ -179,18 +179,104 @@ def test_restart_count_reaches_job_status() -> None:
 
 
 def test_successor_is_the_next_job_with_the_same_dispatch_token() -> None:
-    text = _text("successor_comments.txt")
-    assert settle.successor(9762, text) == 9763  # the next link, not the last one
-    assert settle.successor(9763, text) == 9765  # ... whose own successor comes next
-    assert settle.successor(9765, text) is None  # no later job: ends as it is
-    assert settle.successor(9764, text) is None  # "note|not a token": never followed
-    assert settle.successor(1, text) is None  # not listed: its comment is unknown
+    # p1=10978 -> p2=10979 -> p3=10980 (plain, one token); n1/n2 share "note|not a token"
+    for name in ("successor_elements_pending.txt", "successor_elements.txt"):
+        text = _text(name)
+        assert settle.successor(JobId(10978), text) == JobId(10979)  # the next link
+        assert settle.successor(JobId(10979), text) == JobId(10980)  # ... and the next
+        assert settle.successor(JobId(10980), text) is None  # no later job: ends as it is
+        assert settle.successor(JobId(10981), text) is None  # not a token: never followed
+        assert settle.successor(JobId(1), text) is None  # not listed: its comment is unknown
     assert settle.is_dispatch_token("dispatch:abc_D-9")
     for comment in ("dispatch:", "dispatch:a b", "xdispatch:abc", "dispatch:a;rm", "note"):
         assert not settle.is_dispatch_token(comment), comment
     assert settle.successor_argv("dispatcher")[-1] == "--user=dispatcher"
+    assert settle.successor_argv("dispatcher")[:3] == parse.SQUEUE_SUCCESSOR_ARGS
     with pytest.raises(InvalidValueError):
         settle.successor_argv("a;b")
+
+
+def test_successor_of_an_element_is_that_element_of_a_later_array() -> None:
+    # old=10974 (--array=0-3), new=10975 (--array=2) and decoy=10976 (--array=1) with its
+    # token, other=10977 (--array=2) with another token. squeue prints a pending
+    # one-element array's index as "2" (%K), the pending rest of old as "2-3".
+    for name in ("successor_elements_pending.txt", "successor_elements.txt"):
+        text = _text(name)
+        assert settle.successor(JobId(10974, 2), text) == JobId(10975, 2), name
+        assert settle.successor(JobId(10974, 1), text) == JobId(10976, 1), name  # the decoy
+        assert settle.successor(JobId(10974, 3), text) is None  # nobody carries on 3
+        assert settle.successor(JobId(10974, 0), text) is None
+        assert settle.successor(JobId(10977, 2), text) is None  # another token: none later
+        assert settle.successor(JobId(10975, 2), text) is None  # the last link
+        # a plain id never follows to an element, nor an element to a plain job
+        assert settle.successor(JobId(10974), text) is None
+    rows = parse.parse_squeue_successors(_text("successor_elements_pending.txt"))
+    assert (10974, "2-3", "dispatch:capture-el-1796151302") in rows
+    assert (10981, None, "note|not a token") in rows  # "|" in the comment (last) survives
+    assert len(rows) == 11  # the capture's "# ..." line is skipped
+    assert parse.parse_squeue_successors("12|N/A\n12_3|3|x\n13|a b|x\n14|3|\n") == [
+        (14, "3", "")
+    ]
+
+
+def _element_row(line: str) -> events.WatchRow:
+    (row,) = events.parse_watch_rows(line)
+    return row
+
+
+def test_subscriber_follows_a_resubmitted_element_through_a_pending_one_element_array() -> None:
+    # 10986 is a captured one-element array (--array=3): "10986_[3]" pending, "10986_3"
+    # running. It stands in for NEW_3 continuing OLD_3 (OLD=10900).
+    pending, running = _rows("watch_squeue_one_element.txt")
+    old = JobId(10900, 3)
+    sub = Subscriber("slurm", frozenset({old}), 1.0, 0.0, successors=True, wants_final=True)
+    ok = RunResult(0, "", "")
+    ended = "0|15|None|10901|10900_3|cpu|dispatcher|CANCELLED|0:05|1|node3|one-element|"
+    sub.update([_element_row(ended)], T0, ok)
+    assert sub.squeue_done() and sub.follow_candidates() == [(old, "dispatcher")]
+    sub.follow(old, JobId(10986, 3))
+    new = JobId(10986, 3)
+    assert sub.head(old) == new and sub.active() == [new] and sub.roots() == [old]
+    assert sub.follow_candidates() == [] and not sub.all_over()
+    assert sub.update([pending], T0, ok) == []
+    assert sub.update([running], T0, ok) == []  # "10986_[3]" is "10986_3": nothing left
+    got = _drain(sub)
+    assert [(e.raw_id, e.new_state, e.restarts, e.resubmitted_from) for e in got] == [
+        ("10900_3", "CANCELLED", 0, None),
+        ("10986_3", "PENDING", 1, 10900), ("10986_3", "RUNNING", 1, 10900),
+    ]
+    status = sub.statuses[new]
+    assert status is not None and status.state == "RUNNING" and status.restarts == 1
+
+
+def test_subscriber_of_a_whole_array_follows_each_resubmitted_element() -> None:
+    arr = JobId(10900)
+    sub = Subscriber("slurm", frozenset({arr}), 1.0, 0.0, successors=True, wants_final=True)
+    ok = RunResult(0, "", "")
+    line = "0|{code}|None|{uid}|10900_{task}|cpu|dispatcher|{state}|0:05|1|node3|sweep|"
+    rows = [_element_row(line.format(code=c, uid=u, task=t, state=st)) for c, u, t, st in (
+        ("0", 10901, 0, "COMPLETED"), ("15", 10902, 1, "CANCELLED"),
+        ("15", 10903, 2, "TIMEOUT"), ("0", 10900, 3, "RUNNING"))]
+    sub.update(rows, T0, ok)
+    # only the elements that ended other than COMPLETED, each looked up once
+    assert sorted(sub.follow_candidates(), key=str) == [
+        (JobId(10900, 1), "dispatcher"), (JobId(10900, 2), "dispatcher")]
+    sub.follow(JobId(10900, 1), None)
+    sub.follow(JobId(10900, 2), JobId(10986, 2))
+    assert sub.follow_candidates() == [] and sub.roots() == [arr]
+    assert sub.element_heads(arr) == {2: JobId(10986, 2)}
+    assert sub.active() == [arr, JobId(10986, 2)]
+    assert sub.element_heads(JobId(10900, 2)) == {}
+    done = [*rows[:3], _element_row(line.format(code="0", uid=10900, task=3,
+                                                state="COMPLETED"))]
+    new = "0|{code}|None|10986|10986_2|cpu|dispatcher|{state}|0:01|1|node4|sweep|"
+    sub.update([*done, _element_row(new.format(code="0", state="RUNNING"))], T0, ok)
+    assert not sub.squeue_done() and not sub.all_over()  # the successor still runs
+    sub.update([*done, _element_row(new.format(code="0", state="COMPLETED"))], T0, ok)
+    assert sub.squeue_done() and sub.all_over() and sub.follow_candidates() == []
+    got = [(e.raw_id, e.new_state, e.restarts, e.resubmitted_from) for e in _drain(sub)]
+    assert got[-3:] == [("10900_3", "COMPLETED", 0, None), ("10986_2", "RUNNING", 1, 10900),
+                        ("10986_2", "COMPLETED", 1, 10900)]
 
 
 def _row(job: int, state: str, restarts: int = 0, code: str = "0") -> events.WatchRow:
@@ -207,14 +293,14 @@ def test_subscriber_follows_a_chain_of_resubmissions() -> None:
     assert sub.follow_candidates() == []  # still running
     sub.update([_row(100, "CANCELLED", code="15")], T0, ok)
     assert sub.squeue_done() and sub.follow_candidates() == [(a, "dispatcher")]
-    sub.follow(a, 105)
+    sub.follow(a, JobId(105))
     b = JobId(105, None)
     assert sub.head(a) == b and sub.active() == [b] and not sub.all_over()
     assert not sub.squeue_done()  # the successor was not asked about yet
     assert sub.follow_candidates() == []
     sub.update([_row(100, "CANCELLED", code="15"), _row(105, "RUNNING")], T0, ok)
     sub.update([_row(105, "PREEMPTED")], T0, ok)
-    sub.follow(b, 107)  # ... and again
+    sub.follow(b, JobId(107))  # ... and again
     sub.update([_row(107, "RUNNING")], T0, ok)
     sub.update([_row(107, "RUNNING", restarts=1)], T0, ok)  # then requeued by Slurm itself
     sub.update([_row(107, "COMPLETED", restarts=1)], T0, ok)

@@ -153,6 +153,10 @@ def test_squeue_comments_capture() -> None:
     # takes "_" as a digit separator); anything else after the id is no job id.
     text = "9686_3|dispatch:t\n9688_[1-3%2]|u\n12x|v\n13_|w\n"
     assert parse.parse_squeue_comments(text) == [(9686, "dispatch:t"), (9688, "u")]
+    # find_token's real format (%A|%k): a comment holding "|" stays whole
+    pairs = parse.parse_squeue_comments(real("successor_comments.txt"))
+    assert pairs == [(9762, "dispatch:capture-1796148724"), (9763, "dispatch:capture-1796148724"),
+                     (9764, "note|not a token"), (9765, "dispatch:capture-1796148724")]
 
 
 # --- sacct ---------------------------------------------------------------------------------

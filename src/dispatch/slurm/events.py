@@ -91,7 +91,7 @@ class JobEvent:
         time: When the poller saw the change (UTC).
         resubmitted_from: For a job followed from an earlier one (resubmitted with the
             same ``dispatch:<token>`` comment after that one ended), the earlier job's
-            id; else None.
+            id (for an element, the earlier array's: same index); else None.
     """
 
     host: str
@@ -212,6 +212,8 @@ class Subscriber:
     #: A successor's base id -> (restarts to add to squeue's count, the job it replaces).
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
     checked: set[JobId] = field(default_factory=set)
+    #: Successors added to ``jobs`` by `follow` (the rest of ``jobs`` are the roots).
+    followed: set[JobId] = field(default_factory=set)
     final: JobInfoResult | None = None
     polled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -252,6 +254,8 @@ class Subscriber:
                 continue
             st = wr.status
             raw = st.raw_id
+            if st.array_task is not None and st.array_task.isdigit():
+                raw = f"{st.job_id}_{st.array_task}"  # a pending one-element array: 5_[3]
             present.add(raw)
             reason = "" if is_terminal(st.state) else wr.reason
             seen = _Seen(st.state, reason, wr.exit_code, wr.restarts + self._offset(st.job_id),
@@ -337,30 +341,52 @@ class Subscriber:
         self.known[raw] = new if is_terminal(state) else dataclasses.replace(new, state=_GAVE_UP)
 
     def follow_candidates(self) -> list[tuple[JobId, str]]:
-        """``(id, user)`` of followed plain jobs that just ended other than COMPLETED and
-        were not looked up yet: a resubmitted successor may carry on for them."""
+        """``(id, user)`` of followed jobs that just ended other than COMPLETED and were
+        not looked up yet: a resubmitted successor may carry on for them. That is a plain
+        job, an element, or each such element of a followed whole array."""
         if not self.successors:
             return []
         out: list[tuple[JobId, str]] = []
         for ref in self.active():
-            seen = self.known.get(str(ref.base))
-            if (ref.task is None and ref not in self.checked and seen is not None
-                    and seen.user and is_terminal(seen.state) and seen.state != "COMPLETED"):
-                out.append((ref, seen.user))
+            if ref.task is not None:
+                found = [(ref, self.known.get(str(ref)))]
+            elif str(ref.base) in self.known:
+                found = [(ref, self.known[str(ref.base)])]
+            else:  # a whole array: its elements, one by one
+                found = [(JobId(ref.base, int(seen.array_task)), seen)
+                         for seen in self.known.values() if seen.job_id == ref.base
+                         and seen.array_task is not None and seen.array_task.isdigit()]
+            for old, seen in found:
+                if (old not in self.checked and seen is not None and seen.user
+                        and is_terminal(seen.state) and seen.state != "COMPLETED"):
+                    out.append((old, seen.user))
         return out
 
-    def follow(self, old: JobId, successor: int | None) -> None:
-        """Carry on with ``successor`` (resubmitted in ``old``'s place), or note that
-        ``old`` has none. The successor counts one restart more than ``old``."""
+    def follow(self, old: JobId, successor: JobId | None) -> None:
+        """Carry on with ``successor`` (resubmitted in ``old``'s place: a job, or an
+        element of a later array), or note that ``old`` has none. The successor counts
+        one restart more than ``old``."""
         self.checked.add(old)
-        if successor is None or old.task is not None:
+        if successor is None:
             return
-        seen = self.known.get(str(old.base))
+        seen = self.known.get(str(old))
         restarts = seen.restarts if seen is not None else 0
-        new = JobId(successor, None)
-        self.chain[old] = new
-        self.offsets[successor] = (restarts + 1, old.base)
-        self.jobs = (self.jobs or frozenset()) | {new}
+        self.chain[old] = successor
+        self.offsets[successor.base] = (restarts + 1, old.base)
+        self.followed.add(successor)
+        self.jobs = (self.jobs or frozenset()) | {successor}
+
+    def roots(self) -> list[JobId]:
+        """The ids the caller asked about (not the successors found since)."""
+        return sorted((self.jobs or frozenset()) - self.followed, key=str)
+
+    def element_heads(self, ref: JobId) -> dict[int, JobId]:
+        """For a whole array ``ref``: each resubmitted element's index -> the last job of
+        its chain (empty for anything else)."""
+        if ref.task is not None:
+            return {}
+        return {old.task: self.head(old) for old in self.chain
+                if old.base == ref.base and old.task is not None}
 
     def open_refs(self) -> list[JobId]:
         """Watched ids not over yet (the ones the poller still asks squeue about)."""

@@ -7,9 +7,10 @@ seconds and feeds the rows to each subscriber, which turns them into events. The
 ``sacct --jobs=...`` call covers both the jobs that left the queue between two ticks (their
 final state, for the events) and the jobs whose `wait` needs final rows (retried while
 slurmdbd catches up, up to ``SETTLE_SECONDS``); ``scontrol show job`` stands in when the
-cluster keeps no accounting. A followed job that ended other than COMPLETED costs one
-extra ``squeue --format=%A|%k`` (per user) to find a successor resubmitted with its
-dispatch token. The task ends as soon as it has no subscribers.
+cluster keeps no accounting. A followed job (or array element) that ended other than
+COMPLETED costs one extra ``squeue --format=%F|%K|%k`` per user in that tick to find a
+successor resubmitted with its dispatch token (for an element: that element of a later
+array). The task ends as soon as it has no subscribers.
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ class HostPoller:
             answers[user] = result.stdout if result.ok else None
         for sub, ref, user in wanted:
             text = answers.get(user)
-            new = settle.successor(ref.base, text) if text is not None else None
+            new = settle.successor(ref, text) if text is not None else None
             if new is not None:
                 log.info("job %s on %s was resubmitted as job %s: following it",
                          ref, self.host, new)
@@ -356,15 +357,21 @@ class HostPoller:
 
     def _settle(self, infos: list[JobInfo], result: RunResult) -> None:
         """Give each settling wait its final rows once sacct has them (or at the deadline,
-        the best answer there is)."""
+        the best answer there is). A whole array whose elements were resubmitted gets
+        each such element's rows from the last job of its chain."""
         now = asyncio.get_running_loop().time()
         for sub, deadline in list(self.settling.items()):
-            refs = sub.active()
-            if len(refs) != 1:
+            roots = sub.roots()
+            if len(roots) != 1:
                 continue
-            ref = refs[0]
+            ref = sub.head(roots[0])
             steps = steps_of(ref, infos)
-            if result.ok and settle.all_final(steps, sub.elements.get(ref)):
+            final = result.ok and settle.all_final(steps, sub.elements.get(ref))
+            for task, head in sorted(sub.element_heads(ref).items()):
+                own = steps_of(head, infos)
+                final = final and settle.all_final(own, None)
+                steps = [r for r in steps if r.array_task != str(task)] + own
+            if final:
                 sub.final = JobInfoResult(steps, result)
             elif now >= deadline:
                 last = (sub.statuses.get(ref), sub.last_result)

@@ -23,6 +23,7 @@ from .states import is_terminal, normalize_state
 __all__ = [
     "SQUEUE_ARGS",
     "SQUEUE_COMMENT_ARGS",
+    "SQUEUE_SUCCESSOR_ARGS",
     "SACCT_ARGS",
     "SACCT_COMMENT_ARGS",
     "SCONTROL_NODE_ARGS",
@@ -36,6 +37,7 @@ __all__ = [
     "parse_squeue",
     "parse_squeue_rows",
     "parse_squeue_comments",
+    "parse_squeue_successors",
     "parse_sacct",
     "parse_sacct_comments",
     "parse_scontrol_nodes",
@@ -68,6 +70,11 @@ SQUEUE_ARGS: list[str] = [
 
 #: squeue: unique job id | comment (last; free text). For recovering a submission by token.
 SQUEUE_COMMENT_ARGS: list[str] = ["squeue", "--noheader", "--format=%A|%k"]
+
+#: squeue for resubmitted successors: array job id (a plain job's own id) | array index
+#: (``N/A`` for a plain job; ``3`` for a one-element array, pending or not; ``2-3`` for a
+#: pending remainder) | comment (last; free text).
+SQUEUE_SUCCESSOR_ARGS: list[str] = ["squeue", "--noheader", "--format=%F|%K|%k"]
 
 #: sacct, one job or step per line, name last. Caller appends ``--jobs=ID``.
 SACCT_ARGS: list[str] = [
@@ -125,6 +132,8 @@ SINFO_NODES_ARGS: list[str] = ["sinfo", "--noheader", "--Node", "--format=%N"]
 _JOB_ID_HEAD = re.compile(r"^(\d+)")
 # What may follow a job id in squeue's %i: nothing, an element, a pending range.
 _ARRAY_TAIL = re.compile(r"(_\d+|_\[[^\]]*\])?")
+# An array index list as squeue's %K prints it (``3``, ``2-3``, ``1,3,5-9:2%2``).
+_TASK_SPEC = re.compile(r"[0-9,:%\-\[\]]+")
 _SIZE_SUFFIX = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 _COUNT = re.compile(r"^(\d+)([KMGTP]?)$", re.IGNORECASE)
 
@@ -260,6 +269,21 @@ def parse_squeue_comments(text: str) -> list[tuple[int, str]]:
 
 
 # --- sacct ---------------------------------------------------------------------------------
+
+
+def parse_squeue_successors(text: str) -> list[tuple[int, str | None, str]]:
+    """Parse `SQUEUE_SUCCESSOR_ARGS` output into ``(array job id, index or None, comment)``
+    (index None for a plain job's ``N/A``; malformed lines skipped)."""
+    out: list[tuple[int, str | None, str]] = []
+    for line in _lines(text):
+        parts = line.split("|", 2)
+        job = _int(parts[0]) if len(parts) == 3 else None
+        task = parts[1].strip() if len(parts) == 3 else ""
+        if job is None or not task or (task != "N/A" and not _TASK_SPEC.fullmatch(task)):
+            log.debug("squeue successors: skipping malformed line %r", line)
+            continue
+        out.append((job, None if task == "N/A" else task, parts[2]))
+    return out
 
 
 def parse_sacct(text: str) -> list[JobInfo]:

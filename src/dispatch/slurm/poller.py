@@ -114,7 +114,8 @@ async def wait(
     them up). An element id (``"123_4"``) waits for that element only. A job that ends
     other than COMPLETED while a later job with the same ``dispatch:<token>`` comment
     exists (dispatch's bootstrap resubmitted it) is followed: the result is the last
-    job's of that chain.
+    job's of that chain. An element is followed to that element of a later array; a
+    whole array follows each such element, and its result lists each element's last job.
 
     Args:
         job_id: SLURM job id (``123``), or an array element (``"123_4"``).

@@ -5,8 +5,9 @@ Pure (no I/O): the shared poller (`.hub`) feeds these its sacct / squeue answers
 - Final rows: sacct has the final state of the job and, for an array, of every element
   squeue listed; when sacct never gets there, what squeue last said (`fallback_info`).
 - Successors: where a site will not requeue, dispatch's bootstrap submits the job's script
-  again with the same ``--comment=dispatch:<token>`` while the old job ends. `successor`
-  picks that job from ``squeue --format=%A|%k`` output (`successor_argv`).
+  again with the same ``--comment=dispatch:<token>`` while the old job ends (an array
+  element resubmits only itself: ``OLD_3`` goes on as the one-element array ``NEW_3``).
+  `successor` picks that job from ``squeue --format=%F|%K|%k`` output (`successor_argv`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 
 from ..results import RunResult
 from . import parse
-from .arrays import JobId
+from .arrays import JobId, task_in
 from .models import JobInfo, JobInfoResult, JobStatus
 from .query import check_name, is_final
 from .states import is_terminal
@@ -93,24 +94,39 @@ def is_dispatch_token(comment: str) -> bool:
 
 
 def successor_argv(user: str) -> list[str]:
-    """``squeue`` listing ``user``'s jobs (finished ones too) with their comments."""
-    return [*parse.SQUEUE_COMMENT_ARGS, "--states=all", f"--user={check_name('user', user)}"]
+    """``squeue`` listing ``user``'s jobs (finished ones too): array id, index, comment."""
+    return [*parse.SQUEUE_SUCCESSOR_ARGS, "--states=all", f"--user={check_name('user', user)}"]
 
 
-def successor(old: int, squeue_comments: str) -> int | None:
+def successor(old: JobId, squeue_successors: str) -> JobId | None:
     """The job resubmitted in place of ``old``: the first later job whose comment is
     ``old``'s, when that is a dispatch token (never for any other comment).
 
+    A plain job is continued by a later plain job; an array element ``OLD_3`` by element 3
+    of a later array (dispatch resubmits an element as a one-element array, so several
+    later arrays of one token may each carry on a different element of ``OLD``).
+
     Args:
-        old: The id of the job that ended.
-        squeue_comments: `successor_argv` output (``id|comment`` lines).
+        old: The job (or array element) that ended.
+        squeue_successors: `successor_argv` output (``array id|index|comment`` lines).
 
     Returns:
-        The successor's id, or None (no token, ``old`` not listed, or no later job).
+        The successor (an element for an element), or None (no token, ``old`` not
+        listed, or no later job for it).
     """
-    pairs = parse.parse_squeue_comments(squeue_comments)
-    comment = next((c.strip() for job, c in pairs if job == old), None)
-    if comment is None or not is_dispatch_token(comment):
+    rows = parse.parse_squeue_successors(squeue_successors)
+    mine = [(task, c.strip()) for job, task, c in rows if job == old.base]
+    own = [c for task, c in mine
+           if old.task is None or (task is not None and task_in(task, old.task))]
+    comments = own or [c for _, c in mine]
+    comment = comments[0] if comments else ""
+    if not is_dispatch_token(comment):
         return None
-    later = sorted(job for job, c in pairs if job > old and c.strip() == comment)
-    return later[0] if later else None
+    later = sorted(
+        job for job, task, c in rows
+        if job > old.base and c.strip() == comment and (
+            task is None if old.task is None
+            else task is not None and task_in(task, old.task)
+        )
+    )
+    return JobId(later[0], old.task) if later else None

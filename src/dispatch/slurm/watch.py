@@ -35,7 +35,8 @@ async def watch(
     ``dispatch:<token>`` comment exists (dispatch's bootstrap resubmitted it where the site
     will not requeue) is followed: after the old job's final event come the successor's,
     with ``resubmitted_from`` set to the old id and ``restarts`` counting on from the old
-    job's (``restarts + 1``); the stream ends when the last job of the chain is over.
+    job's (``restarts + 1``); the stream ends when the last job of the chain is over. An
+    element (listed, or of a listed array) is followed to that element of a later array.
     Jobs whose comment is not a dispatch token are never followed.
 
     Args:
