@@ -56,7 +56,15 @@ def master(
     askpass = d / "askpass"
     askpass.write_text('#!/bin/sh\necho "$DISPATCH_TEST_CODE"\n')
     askpass.chmod(0o700)
-    the_code = asyncio.run(fresh_code(realism.otp_secret, realism.otp_usersfile, testbed.user))
+    # A private loop, not asyncio.run: that leaves no current loop behind, which
+    # pytest-asyncio 0.26 (the minimum) then fails to find for the async tests.
+    loop = asyncio.new_event_loop()
+    try:
+        the_code = loop.run_until_complete(
+            fresh_code(realism.otp_secret, realism.otp_usersfile, testbed.user)
+        )
+    finally:
+        loop.close()
     env = quiet_env(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
                     DISPATCH_TEST_CODE=the_code)
     subprocess.run(
