@@ -43,7 +43,11 @@ async def test_timeouts_filling_every_channel_still_kill(testbed: Testbed) -> No
             return time.monotonic() - t, r
 
         results = await asyncio.gather(*(one() for _ in range(32)))
-        assert pool.stats()[testbed.plain].peak_channels == 32  # really full capacity
+        stats = pool.stats()[testbed.plain]
+        # Really full capacity: 4 connections x 8. The peak may read more than 32: it
+        # also counts the kill channels opened beyond the cap (Lease.sibling) when a
+        # later reservation (the host's background command session) samples it.
+        assert stats.peak_channels >= 32 and stats.peak_channels_per_connection >= 8, stats
     slowest = max(t for t, _ in results)
     assert slowest < 6.0, f"a timed-out call took {slowest:.1f}s to return (timeout=2)"
     for _, r in results:
