@@ -17,29 +17,10 @@ from dispatch.slurm.submission import submit
 from dispatch.ssh import run
 
 from ..conftest import Testbed
+from ..support.checkpoint import CHECKPOINTING, cpu_partition, payload_lines
 from .test_slurm_jobs import remote_dir  # noqa: F401  (fixture)
 
 POLL = 0.5
-
-# Checkpoints on SIGUSR1 (the signal before the time limit) and on SIGTERM (what Slurm
-# 22.05 sends a preempted step): writes its state, exits 0; a restarted run resumes and ends.
-CHECKPOINTING = r"""
-echo "run $DISPATCH_RESTART"
-if [ -f "$DISPATCH_CHECKPOINT_DIR/state" ]; then
-    echo "resumed from $(cat "$DISPATCH_CHECKPOINT_DIR/state")"
-    echo done
-    exit 0
-fi
-trap 'echo 41 > "$DISPATCH_CHECKPOINT_DIR/state"; echo checkpointed; exit 0' USR1 TERM
-echo started
-for i in $(seq 1 900); do sleep 1 & wait $!; done
-echo "no signal came"
-exit 3
-"""
-
-
-def _cpu(testbed: Testbed) -> str:
-    return testbed.env.get("DISPATCH_TESTBED_CPU_PARTITION", "cpu")
 
 
 async def _run_and_observe(host: str, job_id: int) -> tuple[list[JobEvent], list[str], str]:
@@ -58,17 +39,11 @@ async def _run_and_observe(host: str, job_id: int) -> tuple[list[JobEvent], list
     return ev, out, f"{main.state} {main.exit_code}"
 
 
-def _payload_lines(out: list[str]) -> list[str]:
-    """The command's own lines (without srun's and the bootstrap's messages)."""
-    noise = ("dispatch-bootstrap:", "srun:", "slurmstepd")
-    return [line for line in out if not line.startswith(noise)]
-
-
 async def test_job_hits_its_time_limit_checkpoints_and_finishes_on_restart(
     testbed: Testbed, remote_dir: str  # noqa: F811
 ) -> None:
     job = SlurmJob(
-        name="dispatch-ckpt-limit", command=CHECKPOINTING, partition=_cpu(testbed),
+        name="dispatch-ckpt-limit", command=CHECKPOINTING, partition=cpu_partition(testbed.env),
         time="00:01:00", workdir=remote_dir, output=f"{remote_dir}/out/limit-%j.out",
         signal_before_end=50, max_restarts=2,
     )
@@ -76,8 +51,9 @@ async def test_job_hits_its_time_limit_checkpoints_and_finishes_on_restart(
     assert res.job_id is not None, res.ssh_result.stderr
     events, out, final = await _run_and_observe(testbed.slurm, res.job_id)
     assert final == "COMPLETED 0:0"
-    assert _payload_lines(out) == [
-        "run 0", "started", "checkpointed", "run 1", "resumed from 41", "done",
+    assert payload_lines(out) == [
+        "run 0 task none", "started", "checkpointed", "run 1 task none", "resumed from 41",
+        "done",
     ]
     assert "dispatch-bootstrap: got SIGUSR1: restart 1 of 2" in out
     assert max(e.restarts for e in events) == 1
@@ -97,7 +73,7 @@ async def test_preempted_job_checkpoints_and_comes_back(
 ) -> None:
     urgent = testbed.env.get("DISPATCH_TESTBED_URGENT_PARTITION", "urgent")
     job = SlurmJob(
-        name="dispatch-ckpt-preempt", command=CHECKPOINTING, partition=_cpu(testbed),
+        name="dispatch-ckpt-preempt", command=CHECKPOINTING, partition=cpu_partition(testbed.env),
         time="00:10:00", workdir=remote_dir, output=f"{remote_dir}/out/preempt-%j.out",
         signal_before_end=60, max_restarts=2, exclusive=True,  # alone on its node
     )
@@ -120,8 +96,9 @@ async def test_preempted_job_checkpoints_and_comes_back(
     finally:
         await run(["scancel", pre.stdout.strip().split(";")[0]], testbed.slurm)
     assert final == "COMPLETED 0:0", out
-    assert _payload_lines(out) == [
-        "run 0", "started", "checkpointed", "run 1", "resumed from 41", "done",
+    assert payload_lines(out) == [
+        "run 0 task none", "started", "checkpointed", "run 1 task none", "resumed from 41",
+        "done",
     ], out
     assert "dispatch-bootstrap: got SIGTERM: restart 1 of 2" in out
     assert max(e.restarts for e in events) >= 1

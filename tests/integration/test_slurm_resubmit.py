@@ -24,39 +24,14 @@ from dispatch.slurm.submission import submit
 from dispatch.ssh import run
 
 from ..conftest import Testbed
+from ..support.checkpoint import CHECKPOINTING, cpu_partition, payload_lines
 from .test_slurm_jobs import remote_dir  # noqa: F401  (fixture)
 
 POLL = 0.5
 T = TypeVar("T")
 
-# Checkpoints on SIGUSR1 (the signal before the time limit) and on SIGTERM (what Slurm
-# 22.05 sends a preempted step): writes its state, exits 0; a restarted run resumes and ends.
-CHECKPOINTING = r"""
-echo "run $DISPATCH_RESTART task ${SLURM_ARRAY_TASK_ID:-none}"
-if [ -f "$DISPATCH_CHECKPOINT_DIR/state" ]; then
-    echo "resumed from $(cat "$DISPATCH_CHECKPOINT_DIR/state")"
-    echo done
-    exit 0
-fi
-trap 'echo 41 > "$DISPATCH_CHECKPOINT_DIR/state"; echo checkpointed; exit 0' USR1 TERM
-echo started
-for i in $(seq 1 900); do sleep 1 & wait $!; done
-echo "no signal came"
-exit 3
-"""
-
 #: Job states after which sacct's record of a job no longer changes.
 _LIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "CONFIGURING", "")
-
-
-def _cpu(testbed: Testbed) -> str:
-    return testbed.env.get("DISPATCH_TESTBED_CPU_PARTITION", "cpu")
-
-
-def _payload_lines(out: str) -> list[str]:
-    """The command's own lines (without srun's, slurmstepd's and the bootstrap's)."""
-    noise = ("dispatch-bootstrap:", "srun:", "slurmstepd")
-    return [line for line in out.splitlines() if not line.startswith(noise)]
 
 
 async def _until(what: str, probe: Callable[[], Awaitable[T | None]], timeout: float) -> T:
@@ -144,7 +119,8 @@ async def test_preempted_job_is_cancelled_and_resubmitted_with_its_token(
     host = testbed.slurm
     urgent = testbed.env.get("DISPATCH_TESTBED_URGENT_PARTITION", "urgent")
     job = SlurmJob(
-        name="dispatch-resubmit-preempt", command=CHECKPOINTING, partition=_cpu(testbed),
+        name="dispatch-resubmit-preempt", command=CHECKPOINTING,
+        partition=cpu_partition(testbed.env),
         time="00:10:00", workdir=remote_dir,
         # %j: the successor (a new id) must not re-expand it; %% and the space: quoting,
         # and scontrol's StdOut (which shows %% unexpanded) must not be what is reused.
@@ -192,7 +168,7 @@ async def test_preempted_job_is_cancelled_and_resubmitted_with_its_token(
         assert via_old.main is not None, via_old.ssh_result.stderr
         assert (via_old.main.job_id, via_old.main.state) == (str(new), "COMPLETED")
         out = await _output(host, out_path)
-        assert _payload_lines(out) == [
+        assert payload_lines(out.splitlines()) == [
             "run 0 task none", "started", "checkpointed",
             "run 1 task none", "resumed from 41", "done",
         ], out
@@ -223,7 +199,8 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
     with the element's checkpoint dir and output file (``%A_%a``, the default)."""
     host = testbed.slurm
     job = SlurmJob(
-        name="dispatch-resubmit-limit", command=CHECKPOINTING, partition=_cpu(testbed),
+        name="dispatch-resubmit-limit", command=CHECKPOINTING,
+        partition=cpu_partition(testbed.env),
         time="00:01:00", workdir=remote_dir, array="3",
         signal_before_end=50, max_restarts=1, restart_by="resubmit",
     )
@@ -242,7 +219,7 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
         assert (info.main.state, info.main.exit_code) == ("COMPLETED", "0:0")
         assert await _job_field(host, new, "JobID") == f"{new}_3"  # the element alone
         out = await _output(host, out_path)
-        assert _payload_lines(out) == [
+        assert payload_lines(out.splitlines()) == [
             "run 0 task 3", "started", "checkpointed",
             "run 1 task 3", "resumed from 41", "done",
         ], out
