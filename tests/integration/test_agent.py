@@ -32,6 +32,7 @@ import pytest
 from dispatch.agent import client, paths, server
 
 from ..conftest import ROOT, Testbed
+from ..support.faults import kill_all, sshd_pids_serving
 
 PY = sys.executable
 
@@ -389,15 +390,9 @@ def test_connection_dropped_by_the_server_is_replaced(agent: AgentEnv, testbed: 
     assert agent.cli("run", testbed.plain, "--", "true").returncode == 0
     (local_port,) = agent_tcp_ports(pid, testbed.ssh_port)
     # the sshd processes serving that connection (the server side of it)
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established",
-         f"( sport = :{testbed.ssh_port} and dport = :{local_port} )"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    sshd_pids = {int(p) for p in re.findall(r"pid=(\d+),", out)}
-    assert sshd_pids and pid not in sshd_pids, out
-    for p in sshd_pids:
-        os.kill(p, signal.SIGKILL)
+    sshd_pids = sshd_pids_serving(local_port, testbed.ssh_port)
+    assert sshd_pids and pid not in sshd_pids, sshd_pids
+    kill_all(sshd_pids)
     wait_for(lambda: not agent_tcp_ports(pid, testbed.ssh_port), "the connection to drop")
     proc = agent.cli("run", testbed.plain, "--", "echo back")
     assert (proc.returncode, proc.stdout) == (0, "back\n"), proc.stderr

@@ -10,9 +10,6 @@ The agent itself is started without ``SSH_ASKPASS``: only a client can answer.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import ROOT, Testbed
+from ..support.faults import kill_all, sshd_pids_serving
 from ..support.realism import Realism
 from .test_agent import AgentEnv, agent_env, agent_tcp_ports, wait_for
 
@@ -109,16 +107,6 @@ def script_run(env: dict[str, str], host: str) -> subprocess.Popen[str]:
     return detached([PY, "-c", code], env)
 
 
-def sshd_pids_serving(local_port: int, server_port: int) -> set[int]:
-    """The sshd processes holding the server end of the TCP connection from ``local_port``."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established",
-         f"( sport = :{server_port} and dport = :{local_port} )"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return {int(p) for p in re.findall(r"pid=(\d+),", out)}
-
-
 def test_one_code_serves_ten_cli_calls_and_two_scripts_and_a_lost_connection_asks_once_more(
     agent: AgentEnv, testbed: Testbed, realism: Realism, tmp_path: Path
 ) -> None:
@@ -148,8 +136,7 @@ def test_one_code_serves_ten_cli_calls_and_two_scripts_and_a_lost_connection_ask
     # the server drops the agent's connection: the next call logs in again, asking its client
     sshd = sshd_pids_serving(local_port, realism.mfa_port)
     assert sshd and pid not in sshd
-    for p in sshd:
-        os.kill(p, signal.SIGKILL)
+    kill_all(sshd)
     wait_for(lambda: not agent_tcp_ports(pid, realism.mfa_port), "the connection to drop")
     again = cli_run(env, realism.mfa, "echo", "back")
     rc, out, err = finish(again)

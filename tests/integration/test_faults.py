@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -34,7 +33,9 @@ from ..support.faults import (
     daemon_down,
     fault_pool_kwargs,
     full_dir,
+    kill_all,
     readonly_dir,
+    sshd_pids_serving,
     start_testbed,
 )
 from ..support.local import commit_tree
@@ -203,14 +204,6 @@ async def test_cut_mid_command_reports_may_have_run_and_is_not_rerun(
     FAULTS["connection cut (RST) mid-command"] = "may_have_run, not re-run, next call ok"
 
 
-def _sshd_pids_serving(local_port: int, sshd_port: int) -> set[int]:
-    """PIDs of the sshd processes holding the connection from our ``local_port``."""
-    out = subprocess.run(["ss", "-Htnp", "state", "established",
-                          f"( sport = :{sshd_port} and dport = :{local_port} )"],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
-    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
-
-
 async def test_sshd_session_killed_mid_command_reports_may_have_run_not_rerun(
         testbed: Testbed, fpool: dx.Pool, relay: Relay, marker_dir: Path) -> None:
     """The real daemon variant: SIGKILL the sshd processes serving *our* connection only."""
@@ -219,12 +212,11 @@ async def test_sshd_session_killed_mid_command_reports_may_have_run_not_rerun(
         dx.run(f"echo x >> {mark}; sleep 60; echo finished", "relayhost", timeout=120))
     assert await apoll(lambda: _async(mark.exists()), 30), "command never started"
     assert len(relay.upstream_ports) == 1
-    pids = _sshd_pids_serving(relay.upstream_ports[0], testbed.ssh_port)
+    pids = sshd_pids_serving(relay.upstream_ports[0], testbed.ssh_port)
     assert pids, "no sshd process found for our connection"
     sshd_master = int((testbed.state_dir / "pids" / "sshd.pid").read_text())
     assert sshd_master not in pids  # never the listening daemon
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    kill_all(pids)
     res = await asyncio.wait_for(task, 60)
     assert res.returncode == 255 and res.may_have_run, res
     assert "may have run" in res.stderr, res.stderr

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -22,7 +24,9 @@ __all__ = [
     "daemon_down",
     "fault_pool_kwargs",
     "full_dir",
+    "kill_all",
     "readonly_dir",
+    "sshd_pids_serving",
     "start_testbed",
 ]
 
@@ -76,6 +80,24 @@ def readonly_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def sshd_pids_serving(local_port: int, server_port: int) -> set[int]:
+    """The sshd processes holding the server end of the TCP connection from ``local_port``."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established",
+         f"( sport = :{server_port} and dport = :{local_port} )"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+def kill_all(pids: set[int]) -> None:
+    """SIGKILL each of ``pids``; one already gone is fine (sshd's session child exits by
+    itself once its monitor is killed, so a second kill can find nobody)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _pid(testbed: Testbed, name: str) -> int | None:
