@@ -119,10 +119,19 @@ async def test_find_token_sees_the_comment(testbed: Testbed) -> None:
     )
     assert out.ok, out.stderr
     job_id = int(out.stdout.strip().split(";")[0])
+    # a successor resubmitted in its place carries the token too, with its restart count
+    succ = await run(
+        ["sbatch", "--parsable", f"--comment=dispatch:{token}/1", "--output=/dev/null",
+         "--hold", "--wrap", "true"],
+        testbed.slurm,
+    )
+    assert succ.ok, succ.stderr
+    succ_id = int(succ.stdout.strip().split(";")[0])
     try:
         ids, answered = await submit_mod.find_token(token, testbed.slurm)
-        assert answered and ids == [job_id]
+        assert answered and ids == [job_id]  # what submit created, not its successor
         ids, answered = await submit_mod.find_token("0" * 16, testbed.slurm)
         assert answered and ids == []
     finally:
         await query.cancel(job_id, testbed.slurm)
+        await query.cancel(succ_id, testbed.slurm)

@@ -20,6 +20,7 @@ import pytest
 from dispatch.slurm.job import SlurmJob
 from dispatch.slurm.models import JobInfoResult
 from dispatch.slurm.poller import wait, wait_until_running
+from dispatch.slurm.query import status
 from dispatch.slurm.submission import submit
 from dispatch.ssh import run
 
@@ -54,8 +55,9 @@ async def _token(host: str, job_id: int) -> str:
 
 
 async def _token_jobs(host: str, token: str) -> list[int] | None:
-    """Ids of the jobs (an array element: its array's id) whose comment is the token, from
-    squeue and sacct (``AccountingStoreFlags=job_comment``); None when a lookup failed.
+    """Ids of the jobs (an array element: its array's id) whose comment carries the token
+    (a successor's: ``dispatch:<token>/<restarts before it>``), from squeue and sacct
+    (``AccountingStoreFlags=job_comment``); None when a lookup failed.
 
     (Not `find_token`: it reads sacct's ``123_4`` as 1234, Python's int() taking the
     underscore for a digit separator.)
@@ -68,7 +70,9 @@ async def _token_jobs(host: str, token: str) -> list[int] | None:
     ids = set()
     for line in (sq.stdout + "\n" + sa.stdout).splitlines():
         job, _, comment = line.partition("|")
-        if comment.strip() == f"dispatch:{token}":
+        if comment.strip() == f"dispatch:{token}" or comment.strip().startswith(
+            f"dispatch:{token}/"
+        ):
             ids.add(int(job.split("_")[0]))
     return sorted(ids)
 
@@ -92,6 +96,12 @@ async def _final_state(host: str, job_id: int) -> str:
         return None if state in _LIVE else state
 
     return await _until(f"job {job_id} ending", probe, 120)
+
+
+async def _comment(host: str, job_id: int) -> str:
+    r = await run(["squeue", "-h", "--states=all", "-j", str(job_id), "-o", "%k"], host)
+    assert r.ok, r.stderr
+    return r.stdout.strip()
 
 
 async def _output(host: str, path: str) -> str:
@@ -160,6 +170,10 @@ async def test_preempted_job_is_cancelled_and_resubmitted_with_its_token(
         preempting.append(pre.stdout.strip().split(";")[0])
 
         new = await _successor(host, token, old)
+        # Its comment carries the restart before it, so its own status counts it.
+        st_new = await status(new, host)
+        assert st_new.job is not None and st_new.job.restarts == 1, st_new
+        assert await _comment(host, new) == f"dispatch:{token}/1"
         assert await _final_state(host, old) in ("PREEMPTED", "CANCELLED")
         info = await asyncio.wait_for(wait(new, host, poll_interval=POLL), 400)
         assert info.main is not None, info.ssh_result.stderr
@@ -173,7 +187,7 @@ async def test_preempted_job_is_cancelled_and_resubmitted_with_its_token(
             "run 1 task none", "resumed from 41", "done",
         ], out
         assert "dispatch-bootstrap: got SIGTERM: restart 1 of 2" in out
-        assert f"dispatch-bootstrap: resubmitted job {old} as job {new} (dispatch:{token})" \
+        assert f"dispatch-bootstrap: resubmitted job {old} as job {new} (dispatch:{token}/1)" \
             in out, out
         # The same name, and the successor may not be requeued by Slurm either.
         assert await _job_field(host, new, "JobName") == job.name
@@ -211,6 +225,8 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
     out_path = f"{remote_dir}/slurm-{old}_3.out"
     try:
         new = await _successor(host, token, old)
+        st_new = await status(f"{new}_3", host)
+        assert st_new.job is not None and st_new.job.restarts == 1, st_new
         # The first run checkpointed, resubmitted and cancelled itself before its limit:
         # not COMPLETED (an afterok dependent must not start), not requeued.
         assert await _final_state(host, old) == "CANCELLED"
@@ -224,7 +240,7 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
             "run 1 task 3", "resumed from 41", "done",
         ], out
         assert "dispatch-bootstrap: got SIGUSR1: restart 1 of 1" in out
-        assert f"resubmitted job {old} as job {new} (dispatch:{token})" in out, out
+        assert f"resubmitted job {old} as job {new} (dispatch:{token}/1)" in out, out
         # The checkpoint dir is the first run's (named after its array job and task).
         ckpt = await run(["cat", f"{remote_dir}/.dispatch-checkpoint/{old}_3/state"], host)
         assert ckpt.stdout.strip() == "41", ckpt

@@ -1,10 +1,11 @@
 """`wait` and `watch` follow a job resubmitted with the same dispatch token (issue 17).
 
 Where a site will not requeue, dispatch's bootstrap submits the job's script again with the
-same ``--comment=dispatch:<token>`` while the old job ends. Self-contained here: the test
-submits job A with ``sbatch --comment=dispatch:<random token>``, starts `wait(A)` and
-`watch([A])`, submits B with the same comment, cancels A, and both follow B. With a
-different comment on B (or a comment that is no dispatch token), they end with A.
+same token, ``--comment=dispatch:<token>/<restarts before it>``, while the old job ends.
+Self-contained here: the test submits job A with ``sbatch --comment=dispatch:<random
+token>``, starts `wait(A)` and `watch([A])`, submits B as the bootstrap would (the token,
+``/1``), cancels A, and both follow B, counting its restart. With a different token on B
+(or a comment that is no dispatch token), they end with A.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ async def test_wait_and_watch_follow_a_job_resubmitted_with_its_token(testbed: T
     token = f"dispatch:test-{uuid.uuid4().hex}"
     stats = hub.poller_stats(testbed.slurm)
     lookups = stats.successor_calls
-    a, b, info, events = await _scenario(testbed, token, token)
+    a, b, info, events = await _scenario(testbed, token, token + "/1")
     assert b > a
     # wait returns the successor's final result
     assert info.ssh_result.returncode == 0, info.ssh_result
@@ -169,7 +170,7 @@ async def _element_scenario(
 
 async def test_wait_and_watch_follow_a_resubmitted_array_element(testbed: Testbed) -> None:
     token = f"dispatch:test-{uuid.uuid4().hex}"
-    old, decoy, new, info, events = await _element_scenario(testbed, token, token)
+    old, decoy, new, info, events = await _element_scenario(testbed, token, token + "/1")
     assert old < decoy < new
     assert info.ssh_result.returncode == 0, info.ssh_result
     assert info.main is not None and info.main.job_id == f"{new}_2", info.steps  # not the decoy
@@ -209,7 +210,7 @@ async def test_wait_on_a_whole_array_follows_each_resubmitted_element(
     new = 0
     try:
         await _until_running(testbed, f"{old}_1")
-        new = await _sbatch_array(testbed, "1", token, "sleep 2")
+        new = await _sbatch_array(testbed, "1", token + "/1", "sleep 2")
         cancelled = await aio.run(["scancel", f"{old}_1"], testbed.slurm)
         assert cancelled.ok, cancelled.stderr
         info = await asyncio.wait_for(waiter, 160)

@@ -20,12 +20,15 @@ from hypothesis import strategies as st
 
 from dispatch.slurm import parse
 
+from ..support import slurm_fixtures
+
 FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 
 # (fixture, parser, columns): one record per line, '|'-delimited
 LINE_FORMATS: list[tuple[str, Callable[[str], list[Any]], int]] = [
     ("watch_squeue.txt", parse.parse_squeue, 12),
     ("watch_squeue_requeued.txt", parse.parse_squeue, 12),
+    ("squeue_comments_chain.txt", parse.parse_squeue, 12),
     ("sacct.txt", parse.parse_sacct, 8),
 ]
 
@@ -36,7 +39,7 @@ SETTINGS = settings(max_examples=50, deadline=None,
 
 
 def _lines(name: str) -> list[str]:
-    return [ln for ln in (FIX / name).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [ln for ln in slurm_fixtures.read(name).splitlines() if ln.strip()]
 
 
 def _corrupt(line: str, how: str, columns: int, cut_at: int) -> str:

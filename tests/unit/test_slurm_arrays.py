@@ -23,22 +23,13 @@ from dispatch.slurm.job import SlurmJob
 from dispatch.slurm.models import JobInfo, JobInfoResult, JobStatus
 from dispatch.slurm.query import pick_status, status_of, steps_of
 
+from ..support import slurm_fixtures
+
 FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 
 
-# Captured with the earlier %-format (``--format=%A|%i|%P|%u|%T|%M|%D|%R|%j``), whose
-# columns are exactly the tail of today's one format (`parse.SQUEUE_ARGS`); read here with
-# the three leading columns (restart count, wait status, reason) left neutral. Those three
-# are covered by the real --Format captures (watch_squeue*.txt, squeue_restarts.txt).
-LEGACY_SQUEUE = {"squeue.txt", "squeue_states_all.txt", "array_squeue.txt",
-                 "array_squeue_element.txt"}
-
-
 def real(name: str) -> str:
-    text = (FIX / name).read_text(encoding="utf-8")
-    if name in LEGACY_SQUEUE:
-        text = "".join(f"0||None|{ln}|\n" for ln in text.splitlines() if ln.strip())
-    return text
+    return slurm_fixtures.read(name)
 
 
 IDS = dict(kv.split("=") for kv in real("array_ids.txt").split())

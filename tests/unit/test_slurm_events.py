@@ -12,16 +12,18 @@ import pytest
 
 from dispatch.errors import InvalidValueError
 from dispatch.results import RunResult
-from dispatch.slurm import events, parse, settle
+from dispatch.slurm import events, parse, settle, tokens
 from dispatch.slurm.arrays import JobId
 from dispatch.slurm.events import JobEvent, Subscriber, parse_watch_rows
+
+from ..support import slurm_fixtures
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 T0 = datetime(2026, 12, 1, 16, 13, tzinfo=UTC)
 
 
 def _text(name: str) -> str:
-    return (FIXTURES / name).read_text()
+    return slurm_fixtures.read(name)
 
 
 def _rows(name: str) -> list[events.WatchRow]:
@@ -56,7 +58,8 @@ def test_parse_watch_rows_requeued_and_cancelled() -> None:
 
 
 @pytest.mark.parametrize("line", [
-    "", "   ", "garbage", "x|0|None|1|1|cpu|u|RUNNING|0:01|1|n1|a|",  # restarts not a number
+    "", "   ", "garbage", "x|0|None|1|1|cpu|u|RUNNING|0:01|1|n1|(null)\x1fa|",  # restarts NaN
+    "0|0|None|1|1|cpu|u|RUNNING|0:01|1|n1|a|",  # no comment column
     "0|0|None|",  # no squeue fields after the extras
     "0|0|None|1|1|cpu",  # too few squeue fields
 ])
@@ -65,10 +68,11 @@ def test_parse_watch_rows_skips_malformed_lines(line: str) -> None:
 
 
 def test_exit_code_only_once_over() -> None:
-    line = "0|256|None|5|5|cpu|u|{state}|0:01|1|n1|a|"
+    line = "0|256|None|5|5|cpu|u|{state}|0:01|1|n1|(null)\x1fa|"
     assert parse_watch_rows(line.format(state="RUNNING"))[0].exit_code == ""
     assert parse_watch_rows(line.format(state="FAILED"))[0].exit_code == "1:0"
-    assert parse_watch_rows("0|9|None|5|5|cpu|u|CANCELLED|0:01|1|n1|a|")[0].exit_code == "0:9"
+    cancelled = "0|9|None|5|5|cpu|u|CANCELLED|0:01|1|n1|(null)\x1fa|"
+    assert parse_watch_rows(cancelled)[0].exit_code == "0:9"
 
 
 def test_parse_scontrol_job_captured() -> None:
@@ -188,8 +192,20 @@ def test_successor_is_the_next_job_with_the_same_dispatch_token() -> None:
         assert settle.successor(JobId(10981), text) is None  # not a token: never followed
         assert settle.successor(JobId(1), text) is None  # not listed: its comment is unknown
     assert settle.is_dispatch_token("dispatch:abc_D-9")
-    for comment in ("dispatch:", "dispatch:a b", "xdispatch:abc", "dispatch:a;rm", "note"):
+    assert settle.is_dispatch_token("dispatch:abc_D-9/12")  # a resubmitted successor's
+    for comment in ("dispatch:", "dispatch:a b", "xdispatch:abc", "dispatch:a;rm", "note",
+                    "dispatch:a/", "dispatch:a/x", "dispatch:a/1/2", "dispatch:/3"):
         assert not settle.is_dispatch_token(comment), comment
+    # a successor's comment carries the count; the token part is what links the chain
+    assert tokens.parse_comment(" dispatch:abc/3\n") == ("abc", 3)
+    assert tokens.parse_comment("dispatch:abc") == ("abc", 0)
+    assert tokens.comment("abc", 3) == "dispatch:abc/3" and tokens.comment("abc") == "dispatch:abc"
+    for token, n in (("a b", 1), ("", 0), ("abc", -1)):
+        with pytest.raises(ValueError, match="not a dispatch token"):
+            tokens.comment(token, n)
+    text = "10|N/A|dispatch:t\n12|N/A|dispatch:t/1\n13|N/A|dispatch:u/2\n14|N/A|dispatch:t/2\n"
+    assert settle.successor(JobId(10), text) == JobId(12)
+    assert settle.successor(JobId(12), text) == JobId(14)  # not 13: another token
     assert settle.successor_argv("dispatcher")[-1] == "--user=dispatcher"
     assert settle.successor_argv("dispatcher")[:3] == parse.SQUEUE_SUCCESSOR_ARGS
     with pytest.raises(InvalidValueError):
@@ -226,12 +242,15 @@ def _element_row(line: str) -> events.WatchRow:
 
 def test_subscriber_follows_a_resubmitted_element_through_a_pending_one_element_array() -> None:
     # 10986 is a captured one-element array (--array=3): "10986_[3]" pending, "10986_3"
-    # running. It stands in for NEW_3 continuing OLD_3 (OLD=10900).
-    pending, running = _rows("watch_squeue_one_element.txt")
+    # running. It stands in for NEW_3 continuing OLD_3 (OLD=10900), so it gets the comment
+    # dispatch's resubmission gives it (the token, one restart before it).
+    pending, running = parse_watch_rows(
+        _text("watch_squeue_one_element.txt").replace("(null)\x1f", "dispatch:t/1\x1f"))
     old = JobId(10900, 3)
     sub = Subscriber("slurm", frozenset({old}), 1.0, 0.0, successors=True, wants_final=True)
     ok = RunResult(0, "", "")
-    ended = "0|15|None|10901|10900_3|cpu|dispatcher|CANCELLED|0:05|1|node3|one-element|"
+    ended = ("0|15|None|10901|10900_3|cpu|dispatcher|CANCELLED|0:05|1|node3|"
+             "dispatch:t\x1fone-element|")
     sub.update([_element_row(ended)], T0, ok)
     assert sub.squeue_done() and sub.follow_candidates() == [(old, "dispatcher")]
     sub.follow(old, JobId(10986, 3))
@@ -253,7 +272,8 @@ def test_subscriber_of_a_whole_array_follows_each_resubmitted_element() -> None:
     arr = JobId(10900)
     sub = Subscriber("slurm", frozenset({arr}), 1.0, 0.0, successors=True, wants_final=True)
     ok = RunResult(0, "", "")
-    line = "0|{code}|None|{uid}|10900_{task}|cpu|dispatcher|{state}|0:05|1|node3|sweep|"
+    line = ("0|{code}|None|{uid}|10900_{task}|cpu|dispatcher|{state}|0:05|1|node3|"
+            "dispatch:t\x1fsweep|")
     rows = [_element_row(line.format(code=c, uid=u, task=t, state=st)) for c, u, t, st in (
         ("0", 10901, 0, "COMPLETED"), ("15", 10902, 1, "CANCELLED"),
         ("15", 10903, 2, "TIMEOUT"), ("0", 10900, 3, "RUNNING"))]
@@ -269,7 +289,7 @@ def test_subscriber_of_a_whole_array_follows_each_resubmitted_element() -> None:
     assert sub.element_heads(JobId(10900, 2)) == {}
     done = [*rows[:3], _element_row(line.format(code="0", uid=10900, task=3,
                                                 state="COMPLETED"))]
-    new = "0|{code}|None|10986|10986_2|cpu|dispatcher|{state}|0:01|1|node4|sweep|"
+    new = "0|{code}|None|10986|10986_2|cpu|dispatcher|{state}|0:01|1|node4|dispatch:t/1\x1fsweep|"
     sub.update([*done, _element_row(new.format(code="0", state="RUNNING"))], T0, ok)
     assert not sub.squeue_done() and not sub.all_over()  # the successor still runs
     sub.update([*done, _element_row(new.format(code="0", state="COMPLETED"))], T0, ok)
@@ -279,8 +299,11 @@ def test_subscriber_of_a_whole_array_follows_each_resubmitted_element() -> None:
                         ("10986_2", "COMPLETED", 1, 10900)]
 
 
-def _row(job: int, state: str, restarts: int = 0, code: str = "0") -> events.WatchRow:
-    line = f"{restarts}|{code}|None|{job}|{job}|cpu|dispatcher|{state}|0:01|1|node3|train|"
+def _row(
+    job: int, state: str, restarts: int = 0, code: str = "0", comment: str = "dispatch:t"
+) -> events.WatchRow:
+    line = (f"{restarts}|{code}|None|{job}|{job}|cpu|dispatcher|{state}|0:01|1|node3|"
+            f"{comment}\x1ftrain|")
     (row,) = events.parse_watch_rows(line)
     return row
 
@@ -298,12 +321,14 @@ def test_subscriber_follows_a_chain_of_resubmissions() -> None:
     assert sub.head(a) == b and sub.active() == [b] and not sub.all_over()
     assert not sub.squeue_done()  # the successor was not asked about yet
     assert sub.follow_candidates() == []
-    sub.update([_row(100, "CANCELLED", code="15"), _row(105, "RUNNING")], T0, ok)
-    sub.update([_row(105, "PREEMPTED")], T0, ok)
+    # each successor's comment carries the restarts before it (dispatch's resubmission)
+    b1, c2 = "dispatch:t/1", "dispatch:t/2"
+    sub.update([_row(100, "CANCELLED", code="15"), _row(105, "RUNNING", comment=b1)], T0, ok)
+    sub.update([_row(105, "PREEMPTED", comment=b1)], T0, ok)
     sub.follow(b, JobId(107))  # ... and again
-    sub.update([_row(107, "RUNNING")], T0, ok)
-    sub.update([_row(107, "RUNNING", restarts=1)], T0, ok)  # then requeued by Slurm itself
-    sub.update([_row(107, "COMPLETED", restarts=1)], T0, ok)
+    sub.update([_row(107, "RUNNING", comment=c2)], T0, ok)
+    sub.update([_row(107, "RUNNING", restarts=1, comment=c2)], T0, ok)  # requeued by Slurm
+    sub.update([_row(107, "COMPLETED", restarts=1, comment=c2)], T0, ok)
     got = _drain(sub)
     assert [(e.job_id, e.new_state, e.restarts, e.resubmitted_from) for e in got] == [
         (100, "RUNNING", 0, None), (100, "CANCELLED", 0, None),

@@ -15,22 +15,13 @@ from dispatch.slurm import parse
 from dispatch.slurm.models import JobInfoResult, NodeGres
 from dispatch.slurm.nodelist import expand_nodelist, first_node_from_nodelist
 
+from ..support import slurm_fixtures
+
 FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 
 
-# Captured with the earlier %-format (``--format=%A|%i|%P|%u|%T|%M|%D|%R|%j``), whose
-# columns are exactly the tail of today's one format (`parse.SQUEUE_ARGS`); read here with
-# the three leading columns (restart count, wait status, reason) left neutral. Those three
-# are covered by the real --Format captures (watch_squeue*.txt, squeue_restarts.txt).
-LEGACY_SQUEUE = {"squeue.txt", "squeue_states_all.txt", "array_squeue.txt",
-                 "array_squeue_element.txt"}
-
-
 def real(name: str) -> str:
-    text = (FIX / name).read_text(encoding="utf-8")
-    if name in LEGACY_SQUEUE:
-        text = "".join(f"0||None|{ln}|\n" for ln in text.splitlines() if ln.strip())
-    return text
+    return slurm_fixtures.read(name)
 
 
 def synth(name: str) -> str:
@@ -45,8 +36,9 @@ IDS = dict(kv.split("=") for kv in real("ids.txt").split())
 
 def test_capture_script_uses_the_constants() -> None:
     script = real("capture.sh")
-    assert "'" + parse.SQUEUE_ARGS[-1] + "'" in script
-    assert parse.SQUEUE_ARGS[-1] in real("watch_squeue.txt").splitlines()[0]
+    # the capture scripts write the unit separator as bash's $'\x1f'
+    assert "'" + parse.SQUEUE_ARGS[-1].replace("\x1f", "'$'\\x1f''") + "'" in script
+    assert parse.SQUEUE_ARGS[-1] in real("squeue_comments_chain.txt").splitlines()[0]
     assert parse.SQUEUE_ARGS[-1].startswith("--Format=RestartCnt:0|,exit_code:0|,Reason:0|")
     assert parse.SACCT_ARGS[-1].removeprefix("--format=") in script
     assert "'" + parse.SINFO_GPU_ARGS[-1] + "'" in script
@@ -138,10 +130,33 @@ def test_squeue_synthetic() -> None:
     assert by_raw["401"].status.state == "COMPLETING"
     assert by_raw["402"].status.state == "CONFIGURING"
     assert by_raw["403"].status.name == ""
-    # Truncated line, non-numeric id, non-numeric node count: skipped.
+    # Truncated line, non-numeric id, non-numeric node count, no comment column: skipped.
     assert "404" not in by_raw
     assert "405" not in by_raw
-    assert len(rows) == 8
+    assert "409" not in by_raw
+    # A resubmitted job's dispatch comment carries the restarts before it: squeue's own
+    # count (1) + 2. A foreign comment (even one holding "|" and a token after it) or a
+    # malformed count carries none; a name may hold the unit separator.
+    assert (by_raw["406"].status.restarts, by_raw["406"].status.name) == (3, "resumed")
+    assert (by_raw["407"].status.restarts, by_raw["407"].status.name) == (0, "foreign comment")
+    assert (by_raw["408"].status.restarts, by_raw["408"].status.name) == (0, "a\x1fb|c")
+    assert by_raw["403"].status.restarts == 0
+    assert len(rows) == 11
+
+
+def test_squeue_rows_read_restarts_carried_in_a_dispatch_comment() -> None:
+    """Captured: a job of a token (cancelled), its resubmitted successor ("<token>/1",
+    then requeued once), a foreign comment with "|", a name with "|" and the separator."""
+    captured = parse.parse_squeue_rows(real("squeue_comments_chain.txt"))
+    rows = {r.unique_id: r.status for r in captured}
+    first, succ, foreign, odd, plain = sorted(rows)
+    assert (rows[first].restarts, rows[first].name) == (0, "chain")
+    assert rows[first].state == "CANCELLED"
+    assert (rows[succ].restarts, rows[succ].name) == (2, "chain")  # 1 requeue + 1 before it
+    assert (rows[plain].restarts, rows[plain].name) == (0, "plain")
+    assert (rows[odd].restarts, rows[odd].name) == (0, "odd|name\x1fhere")
+    assert (rows[foreign].restarts, rows[foreign].name) == (0, "foreign")
+    assert len(rows) == 5
 
 
 def test_squeue_comments_capture() -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ..results import RunResult
 from ..ssh import PoolKey, current_pool, run
+from . import tokens
 from .payload import payload_ok_test
 from .userdir import ensure_private_dirs
 
@@ -132,7 +133,7 @@ def _job_section(i: int, job: ScriptSet, payload_var: str | None) -> str:
     )
     parts.append(
         f"{shlex.quote(job.sbatch)} --parsable "
-        f"--comment={shlex.quote('dispatch:' + job.token)} {wrapper} "
+        f"--comment={shlex.quote(tokens.comment(job.token))} {wrapper} "
         f"|| {{ rc=$?; {remove}; exit $rc; }}"
     )
     return "( " + "\n  ".join(parts) + f' ) >"$ot"/{i}.o 2>"$ot"/{i}.e </dev/null & p{i}=$!'

@@ -85,12 +85,12 @@ class JobEvent:
         reason: Slurm's reason (``Priority``, ``Resources``, ``BeginTime``, ``None`` ...).
         exit_code: ``"0:0"`` style exit status once over, else ``""``.
         restarts: How many times the job has come back: requeued (squeue's restart
-            count), plus one per resubmission when a watch or wait followed it from an
-            earlier job of the same dispatch token (that job's ``restarts + 1``).
+            count), plus, for a job resubmitted in another's place with the same dispatch
+            token, the restarts before it (its comment carries them: `JobStatus`).
         nodelist: Allocated nodes (empty while pending).
         time: When the poller saw the change (UTC).
         resubmitted_from: For a job followed from an earlier one (resubmitted with the
-            same ``dispatch:<token>`` comment after that one ended), the earlier job's
+            same dispatch token after that one ended), the earlier job's
             id (for an element, the earlier array's: same index); else None.
     """
 
@@ -209,8 +209,8 @@ class Subscriber:
     seen_refs: set[JobId] = field(default_factory=set)
     #: A followed id -> the id of the job resubmitted in its place.
     chain: dict[JobId, JobId] = field(default_factory=dict)
-    #: A successor's base id -> (restarts to add to squeue's count, the job it replaces).
-    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: A successor's base id -> the base id of the job it replaces.
+    predecessors: dict[int, int] = field(default_factory=dict)
     checked: set[JobId] = field(default_factory=set)
     #: Successors added to ``jobs`` by `follow` (the rest of ``jobs`` are the roots).
     followed: set[JobId] = field(default_factory=set)
@@ -258,7 +258,7 @@ class Subscriber:
                 raw = f"{st.job_id}_{st.array_task}"  # a pending one-element array: 5_[3]
             present.add(raw)
             reason = "" if is_terminal(st.state) else wr.reason
-            seen = _Seen(st.state, reason, wr.exit_code, wr.restarts + self._offset(st.job_id),
+            seen = _Seen(st.state, reason, wr.exit_code, wr.restarts,
                          "" if st.nodelist.startswith("(") else st.nodelist,
                          st.job_id, st.array_task, st.user)
             old = self.known.get(raw)
@@ -277,19 +277,15 @@ class Subscriber:
             gone.append(raw)
         return gone
 
-    def _offset(self, job_id: int) -> int:
-        return self.offsets.get(job_id, (0, 0))[0]
-
     def _predecessor(self, job_id: int) -> int | None:
-        entry = self.offsets.get(job_id)
-        return entry[1] if entry is not None else None
+        return self.predecessors.get(job_id)
 
     def _covers(self, raw: str) -> bool:
         return self.jobs is None or any(_raw_matches(ref, raw) for ref in self.active())
 
     def _note_statuses(self, rows: list[WatchRow], result: RunResult | None) -> None:
-        """Each active id's status this tick, picked as `status` picks it (restarts
-        counted along the chain), and the elements squeue listed for a whole array."""
+        """Each active id's status this tick, picked as `status` picks it, and the
+        elements squeue listed for a whole array."""
         if result is not None:
             self.last_result = result
         before, self.statuses = self.statuses, {}
@@ -303,9 +299,7 @@ class Subscriber:
                 continue
             self.seen_refs.add(ref)
             job = pick_status(group)
-            self.statuses[ref] = dataclasses.replace(
-                job, restarts=job.restarts + self._offset(job.job_id)
-            )
+            self.statuses[ref] = job
             if ref.task is None:
                 tasks = {s.array_task for s in group if s.array_task and s.array_task.isdigit()}
                 if tasks:
@@ -364,15 +358,13 @@ class Subscriber:
 
     def follow(self, old: JobId, successor: JobId | None) -> None:
         """Carry on with ``successor`` (resubmitted in ``old``'s place: a job, or an
-        element of a later array), or note that ``old`` has none. The successor counts
-        one restart more than ``old``."""
+        element of a later array), or note that ``old`` has none. (The successor's rows
+        count its restarts along the chain themselves: its comment carries them.)"""
         self.checked.add(old)
         if successor is None:
             return
-        seen = self.known.get(str(old))
-        restarts = seen.restarts if seen is not None else 0
         self.chain[old] = successor
-        self.offsets[successor.base] = (restarts + 1, old.base)
+        self.predecessors[successor.base] = old.base
         self.followed.add(successor)
         self.jobs = (self.jobs or frozenset()) | {successor}
 

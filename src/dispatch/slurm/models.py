@@ -44,10 +44,10 @@ class JobStatus:
     ``123_[5-19%8]``) as squeue prints it. ``raw_id`` defaults to ``str(job_id)``.
 
     ``restarts`` is how many times the job came back: squeue's restart count (requeues by
-    Slurm, preemption or dispatch's ``max_restarts``). Where `wait` / `watch` followed a
-    job resubmitted with the same dispatch token, the successor's status (from
-    `wait_until_running`) counts one more per resubmission along the chain; `status`
-    reports squeue's own count for the job asked about.
+    Slurm, preemption or dispatch's ``max_restarts``), plus, for a job resubmitted in
+    another's place (``restart_by="resubmit"``), the restarts before it along the chain:
+    its comment ``dispatch:<token>/<n>`` carries them, so every squeue row of it
+    (`status`, `queue`, `watch`) counts the same as ``$DISPATCH_RESTART`` in the job.
     """
 
     job_id: int

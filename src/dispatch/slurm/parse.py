@@ -19,6 +19,7 @@ from .models import JobInfo, JobStatus, NodeGres, NodeInfo, PartitionInfo
 from .nodelist import expand_nodelist, split_top_level
 from .sinfo_gres import SINFO_PARTITION_GRES_ARGS, parse_sinfo_gres, parse_sinfo_gres_counts
 from .states import is_terminal, normalize_state
+from .tokens import parse_comment
 
 __all__ = [
     "SQUEUE_ARGS",
@@ -59,13 +60,15 @@ log = logging.getLogger(__name__)
 #: squeue, one job per line (THE squeue format: `status`, `queue` and the shared poller all
 #: use it): restart count | raw wait status | reason | unique id | raw id (123_4,
 #: 123_[1-5], 123+0) | partition | user | long state | elapsed | node count | nodelist or
-#: (reason) | name (last: may contain ``|``). ``--Format`` fields of width 0 (no
-#: truncation), each followed by ``|``. Caller appends e.g. ``--jobs=1,2,3`` or ``--user=NAME``.
+#: (reason) | comment US name (both free text, last; US is the ASCII unit separator
+#: ``\x1f``: a dispatch comment never holds one, a name may hold anything). ``--Format``
+#: fields of width 0 (no truncation). The comment gives a resubmitted job's restarts
+#: before it (`.tokens`). Caller appends e.g. ``--jobs=1,2,3`` or ``--user=NAME``.
 SQUEUE_ARGS: list[str] = [
     "squeue",
     "--noheader",
     "--Format=RestartCnt:0|,exit_code:0|,Reason:0|,JobID:0|,JobArrayID:0|,Partition:0|,"
-    "UserName:0|,State:0|,TimeUsed:0|,NumNodes:0|,ReasonList:0|,Name:0|",
+    "UserName:0|,State:0|,TimeUsed:0|,NumNodes:0|,ReasonList:0|,Comment:0\x1f,Name:0|",
 ]
 
 #: squeue: unique job id | comment (last; free text). For recovering a submission by token.
@@ -207,6 +210,12 @@ def _exit_code(text: str, state: str) -> str:
     return f"{raw >> 8}:{raw & 0x7F}"
 
 
+def _carried(comment: str) -> int:
+    """Restarts before this job, from a resubmitted job's dispatch comment (else 0)."""
+    found = parse_comment(comment)
+    return found[1] if found else 0
+
+
 def parse_squeue_rows(text: str) -> list[SqueueRow]:
     """Parse `SQUEUE_ARGS` output into rows (malformed lines skipped)."""
     rows: list[SqueueRow] = []
@@ -216,8 +225,9 @@ def parse_squeue_rows(text: str) -> list[SqueueRow]:
             log.debug("squeue: skipping malformed line %r", line)
             continue
         restarts_s, exit_s, reason, unique_s, raw_id, partition, user, state, elapsed, \
-            nodes_s, nodelist, name = parts
-        restarts = _int(restarts_s) if restarts_s.strip().isdigit() else None
+            nodes_s, nodelist, last = parts
+        comment, us, name = last.partition("\x1f")
+        restarts = _int(restarts_s) if restarts_s.strip().isdigit() and us else None
         unique = _int(unique_s)
         head = _JOB_ID_HEAD.match(raw_id.strip())
         nodes = _int(nodes_s)
@@ -237,7 +247,7 @@ def parse_squeue_rows(text: str) -> list[SqueueRow]:
             array_job_id=array_job_id,
             array_task=array_task,
             raw_id=raw_id.strip(),
-            restarts=restarts,
+            restarts=restarts + _carried(comment),
         )
         rows.append(SqueueRow(raw_id=raw_id.strip(), unique_id=unique, status=status,
                               exit_code=_exit_code(exit_s, status.state),

@@ -6,7 +6,7 @@ running pool, exactly as `watch` does, and consumes the stream: every `wait`, `w
 element of an array) is over and the poller has settled its final sacct rows (one sacct
 call per tick for every wait, retried briefly while slurmdbd catches up; ``scontrol show
 job`` without accounting; squeue's last word when sacct never records it). A job that ends
-other than COMPLETED and was resubmitted with the same ``dispatch:<token>`` comment is
+other than COMPLETED and was resubmitted with the same dispatch token is
 followed to its successor: `wait` returns the last job's result. Cancelling a waiting
 task just removes its subscriber.
 
@@ -112,7 +112,7 @@ async def wait(
     a job array's id waits until every element has ended, and the result lists each
     element's state and exit code (`JobInfoResult.elements`; `JobInfoResult.main` sums
     them up). An element id (``"123_4"``) waits for that element only. A job that ends
-    other than COMPLETED while a later job with the same ``dispatch:<token>`` comment
+    other than COMPLETED while a later job with the same dispatch token
     exists (dispatch's bootstrap resubmitted it) is followed: the result is the last
     job's of that chain. An element is followed to that element of a later array; a
     whole array follows each such element, and its result lists each element's last job.

@@ -5,18 +5,17 @@ Pure (no I/O): the shared poller (`.hub`) feeds these its sacct / squeue answers
 - Final rows: sacct has the final state of the job and, for an array, of every element
   squeue listed; when sacct never gets there, what squeue last said (`fallback_info`).
 - Successors: where a site will not requeue, dispatch's bootstrap submits the job's script
-  again with the same ``--comment=dispatch:<token>`` while the old job ends (an array
-  element resubmits only itself: ``OLD_3`` goes on as the one-element array ``NEW_3``).
+  again with the same token (``--comment=dispatch:<token>/<n>``, `.tokens`) while the old
+  job ends (an array element resubmits only itself: ``OLD_3`` goes on as ``NEW_3``).
   `successor` picks that job from ``squeue --format=%F|%K|%k`` output (`successor_argv`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
 from ..results import RunResult
-from . import parse
+from . import parse, tokens
 from .arrays import JobId, task_in
 from .models import JobInfo, JobInfoResult, JobStatus
 from .query import check_name, is_final
@@ -32,10 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# The comment dispatch's submit puts on every job (see `.batch`): nothing else is followed.
-_TOKEN = re.compile(r"^dispatch:[A-Za-z0-9_-]+$")
-
 
 def info_from_status(job: JobStatus) -> JobInfo:
     """A JobInfo built from a squeue row (no exit code or memory: squeue has neither)."""
@@ -89,8 +84,8 @@ def fallback_info(
 
 
 def is_dispatch_token(comment: str) -> bool:
-    """True when ``comment`` is exactly ``dispatch:<token>`` (what dispatch's submit sets)."""
-    return bool(_TOKEN.match(comment.strip()))
+    """True when ``comment`` is a dispatch token (`.tokens`): nothing else is followed."""
+    return tokens.parse_comment(comment) is not None
 
 
 def successor_argv(user: str) -> list[str]:
@@ -99,8 +94,8 @@ def successor_argv(user: str) -> list[str]:
 
 
 def successor(old: JobId, squeue_successors: str) -> JobId | None:
-    """The job resubmitted in place of ``old``: the first later job whose comment is
-    ``old``'s, when that is a dispatch token (never for any other comment).
+    """The job resubmitted in place of ``old``: the first later job whose comment carries
+    ``old``'s dispatch token (never for any other comment).
 
     A plain job is continued by a later plain job; an array element ``OLD_3`` by element 3
     of a later array (dispatch resubmits an element as a one-element array, so several
@@ -119,12 +114,12 @@ def successor(old: JobId, squeue_successors: str) -> JobId | None:
     own = [c for task, c in mine
            if old.task is None or (task is not None and task_in(task, old.task))]
     comments = own or [c for _, c in mine]
-    comment = comments[0] if comments else ""
-    if not is_dispatch_token(comment):
+    token = tokens.parse_comment(comments[0]) if comments else None
+    if token is None:
         return None
     later = sorted(
         job for job, task, c in rows
-        if job > old.base and c.strip() == comment and (
+        if job > old.base and (t := tokens.parse_comment(c)) and t[0] == token[0] and (
             task is None if old.task is None
             else task is not None and task_in(task, old.task)
         )

@@ -50,7 +50,7 @@ from ..errors import InvalidValueError, SubmitError
 from ..results import RunResult
 from ..ssh import run
 from ..ssh import write_file as write_file  # re-exported: tests use it
-from . import parse
+from . import parse, tokens
 from .batch import PAYLOAD_MISSING, ScriptSet, run_submissions
 from .job import NODE_LOCAL_BASE, SLURM_MAX_SCRIPT_BYTES, SlurmJob
 from .models import SlurmResult
@@ -161,14 +161,15 @@ _INFLIGHT = "@@dispatch-sbatch-in-flight@@"
 async def find_token(
     token: str, host: str, timeout: float | None = None
 ) -> tuple[list[int], bool]:
-    """Job ids whose comment is ``dispatch:<token>``, and whether the lookup answered.
+    """Job ids whose comment is ``dispatch:<token>`` (what submit's sbatch created; not a
+    successor resubmitted in its place, ``dispatch:<token>/<n>``), and whether the lookup
+    answered.
 
     squeue shows the comment of every job slurmctld still knows (finished ones for
     MinJobAge); sacct shows it only when ``AccountingStoreFlags=job_comment`` is set.
     While a process carrying the token in its argv (the earlier sbatch, still talking to
     slurmctld) runs on the host, an empty answer proves nothing: answered is False then.
     """
-    tag = f"dispatch:{token}"
     me = '--user="$(id -un)"'  # (--me needs Slurm >= 20.11)
     squeue = shlex.join([*parse.SQUEUE_COMMENT_ARGS, "--states=all"])
     sacct = shlex.join([*parse.SACCT_COMMENT_ARGS, "--starttime=now-1days"])
@@ -183,7 +184,8 @@ async def find_token(
     pairs = parse.parse_squeue_comments(result.stdout) + parse.parse_sacct_comments(
         result.stdout
     )
-    ids = sorted({job_id for job_id, comment in pairs if comment.strip() == tag})
+    ids = sorted({job_id for job_id, comment in pairs
+                  if tokens.parse_comment(comment) == (token, 0)})
     if not ids and _INFLIGHT in result.stdout:
         log.debug("sbatch with token %s still running on %s", token, host)
         return [], False

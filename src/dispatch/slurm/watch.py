@@ -32,7 +32,7 @@ async def watch(
     the caller stops iterating.
 
     A listed job that ends other than COMPLETED while a later job with the same
-    ``dispatch:<token>`` comment exists (dispatch's bootstrap resubmitted it where the site
+    dispatch token exists (dispatch's bootstrap resubmitted it where the site
     will not requeue) is followed: after the old job's final event come the successor's,
     with ``resubmitted_from`` set to the old id and ``restarts`` counting on from the old
     job's (``restarts + 1``); the stream ends when the last job of the chain is over. An

@@ -84,9 +84,17 @@ dispatch_resubmit() {
     [ -n "$out" ] && opts+=("--output=$out")
     [ -n "$err" ] && opts+=("--error=$err")
     [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && opts+=("--array=$SLURM_ARRAY_TASK_ID")
+    # The token goes on; "/N" after it: the restarts before the successor (squeue shows
+    # them in its status; dispatch.slurm.tokens reads them).
+    case $comment in
+        dispatch:*/*) comment=${comment%/*} ;;
+    esac
     case $comment in
         dispatch:*[!A-Za-z0-9_-]* | dispatch:) comment="" ;;
-        dispatch:*) opts+=("--comment=$comment") ;;
+        dispatch:*)
+            comment="$comment/$((DISPATCH_RESTART + 1))"
+            opts+=("--comment=$comment")
+            ;;
         *) comment="" ;;
     esac
     new=$(
