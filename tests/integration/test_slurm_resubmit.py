@@ -210,7 +210,9 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
     testbed: Testbed, remote_dir: str  # noqa: F811
 ) -> None:
     """The pre-limit signal resubmits too; an element comes back as ``--array=<task>``,
-    with the element's checkpoint dir and output file (``%A_%a``, the default)."""
+    with the element's checkpoint dir and output file (``%A_%a``, the default). The
+    wrapper submit wrote is gone before then (as on a node that does not see it:
+    ``sbcast=True`` without a shared dir): the resubmission gets it from slurmctld."""
     host = testbed.slurm
     job = SlurmJob(
         name="dispatch-resubmit-limit", command=CHECKPOINTING,
@@ -224,6 +226,11 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
     token = await _token(host, old)
     out_path = f"{remote_dir}/slurm-{old}_3.out"
     try:
+        listed = await run(["squeue", "-h", "-j", str(old), "-o", "%o"], host)
+        wrapper = listed.stdout.strip().splitlines()[0]
+        assert listed.ok and wrapper.endswith(".sh"), listed
+        gone = await run(["rm", "--", wrapper], host)
+        assert gone.ok, gone.stderr
         new = await _successor(host, token, old)
         st_new = await status(f"{new}_3", host)
         assert st_new.job is not None and st_new.job.restarts == 1, st_new
@@ -241,6 +248,9 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
         ], out
         assert "dispatch-bootstrap: got SIGUSR1: restart 1 of 1" in out
         assert f"resubmitted job {old} as job {new} (dispatch:{token}/1)" in out, out
+        # the private copy of the script slurmctld gave was removed once sbatch read it
+        left = await run("ls -d /tmp/dispatch-resubmit.* 2>/dev/null || true", host)
+        assert left.stdout == "", left.stdout
         # The checkpoint dir is the first run's (named after its array job and task).
         ckpt = await run(["cat", f"{remote_dir}/.dispatch-checkpoint/{old}_3/state"], host)
         assert ckpt.stdout.strip() == "41", ckpt

@@ -67,13 +67,21 @@ dispatch_resubmit() {
     # the restart count would read them); everything else is, as sbatch does by default.
     # Then this job cancels itself: it ends CANCELLED (or PREEMPTED), never COMPLETED,
     # so neither `afterok` dependents nor a waiter take the hand-over for success.
-    local info script workdir comment out err new self
+    local info script copy="" workdir comment out err new self
     local -a opts
     info=$(scontrol --oneliner show job "$SLURM_JOB_ID") || return 1
     script=$(dispatch_field "$info" Command WorkDir)
-    if [ -z "$script" ] || [ ! -f "$script" ]; then
-        dispatch_log "job $SLURM_JOB_ID: its batch script ${script:-(none)} is not a file"
-        return 1
+    if [ -z "$script" ] || [ ! -f "$script" ] || [ ! -r "$script" ]; then
+        # This node does not see where submit put it (sbcast=True without a shared
+        # dir): slurmctld keeps every job's script; a private copy for sbatch to read.
+        copy=$(umask 077 && mktemp "${TMPDIR:-/tmp}/dispatch-resubmit.XXXXXX") || return 1
+        if ! scontrol write batch_script "$SLURM_JOB_ID" - >"$copy" || [ ! -s "$copy" ]; then
+            dispatch_log "job $SLURM_JOB_ID: its batch script ${script:-(none)} is not" \
+                "readable here and slurmctld did not give it"
+            rm -f -- "$copy"
+            return 1
+        fi
+        script=$copy
     fi
     workdir=$(dispatch_field "$info" WorkDir AdminComment SystemComment Comment StdErr)
     comment=$(dispatch_field "$info" Comment StdErr)
@@ -97,6 +105,7 @@ dispatch_resubmit() {
             ;;
         *) comment="" ;;
     esac
+    local submitted=0
     new=$(
         for dispatch_var in $(compgen -e); do
             case $dispatch_var in
@@ -106,7 +115,9 @@ dispatch_resubmit() {
         done
         DISPATCH_RESUBMITS=$((DISPATCH_RESTART + 1)) \
             DISPATCH_CHECKPOINT_DIR=$DISPATCH_CHECKPOINT_DIR sbatch "${opts[@]}" "$script"
-    ) || return 1
+    ) || submitted=1
+    [ -z "$copy" ] || rm -f -- "$copy"
+    [ "$submitted" = 0 ] || return 1
     dispatch_log "resubmitted job $SLURM_JOB_ID as job ${new%%;*}${comment:+ ($comment)}"
     # An element by its array id: an element's own id may be the whole array's.
     self=${SLURM_ARRAY_TASK_ID:+${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID}
