@@ -40,6 +40,7 @@ from dispatch.ssh.commands import run
 from ..conftest import Testbed
 from ..support.local import commit_tree
 from ..support.local import free_port as _free_port
+from ..support.remote import until
 
 JUPYTER_VENV = os.environ.get("DISPATCH_TESTBED_JUPYTER", "/opt/dispatch-testbed/jupyter")
 JUPYTER = f"{JUPYTER_VENV}/bin/jupyter server --no-browser --port 0"
@@ -120,17 +121,6 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-async def _until(cond, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    """Poll an async condition until it is truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(every)
 
 
 async def _alive(host: str, pid: int) -> bool:
@@ -247,7 +237,7 @@ async def test_plain_repl_sync_ships_local_edits(
         async def edited() -> bool:
             return await _remote_cat(testbed.plain, target) == "VALUE = 2\n"
 
-        await _until(edited, timeout=20)
+        await until(edited, timeout=20)
         # Untracked files are not synced (the same round saw them and skipped them).
         assert await _remote_cat(testbed.plain, f"{res.work_dir}/untracked.py") is None
         # Once tracked they are.
@@ -256,7 +246,7 @@ async def test_plain_repl_sync_ships_local_edits(
         async def added() -> bool:
             return await _remote_cat(testbed.plain, f"{res.work_dir}/untracked.py") == "X = 1\n"
 
-        await _until(added, timeout=20)
+        await until(added, timeout=20)
     finally:
         assert (await end_repl(res)).ok
 
@@ -367,18 +357,18 @@ async def test_slurm_repl_tunnels_to_the_compute_node_and_cancels(
         async def edited() -> bool:
             return await _remote_cat(testbed.slurm, target) == "VALUE = 3\n"
 
-        await _until(edited, timeout=20)
+        await until(edited, timeout=20)
     finally:
         ended = await end_repl(res)
     assert ended.ok, ended.stderr
     assert not _port_open(port)
     assert res.job_id is not None and res.remote_port is not None
-    await _until(lambda: _job_gone(testbed.slurm, res.job_id), timeout=60)  # type: ignore[arg-type]
+    await until(lambda: _job_gone(testbed.slurm, res.job_id), timeout=60)  # type: ignore[arg-type]
 
     async def server_down() -> bool:
         return not await asyncio.to_thread(_port_open, res.remote_port)  # type: ignore[arg-type]
 
-    await _until(server_down, timeout=30)
+    await until(server_down, timeout=30)
     # Ending twice is harmless: the job is already gone.
     again = await end_repl(res)
     assert again.ok, again.stderr
@@ -397,7 +387,7 @@ async def test_slurm_repl_start_failure_cancels_job(
     assert "--notanoption" in res.stderr and res.log_path in res.stderr
     assert res.job_id is not None and res.allocated_hostname is not None
     job_id = res.job_id
-    await _until(lambda: _job_gone(testbed.slurm, job_id), timeout=30)
+    await until(lambda: _job_gone(testbed.slurm, job_id), timeout=30)
 
 
 async def _blockers(testbed: Testbed, base: str) -> list[int]:
@@ -437,11 +427,11 @@ async def test_slurm_repl_cancelled_while_queued_cancels_job(
             fields = q.stdout.split()
             return int(fields[0]) if fields and fields[1] == "PENDING" else None
 
-        job_id = await _until(queued, timeout=60)
+        job_id = await until(queued, timeout=60)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _until(lambda: _job_gone(testbed.slurm, job_id), timeout=30)
+        await until(lambda: _job_gone(testbed.slurm, job_id), timeout=30)
         st = await status(job_id, testbed.slurm)
         assert st.job is None or st.job.state == "CANCELLED", st
     finally:
@@ -467,7 +457,7 @@ async def test_slurm_wait_timeout_cancels_job(
         assert "timed out" in res.stderr
         assert res.job_id is not None and res.allocated_hostname is None
         job_id = res.job_id
-        await _until(lambda: _job_gone(testbed.slurm, job_id), timeout=30)
+        await until(lambda: _job_gone(testbed.slurm, job_id), timeout=30)
     finally:
         for job_id in blockers:
             await cancel(job_id, testbed.slurm)

@@ -4,8 +4,6 @@ each query is ONE remote command (issue 14: ask once, not in sequence)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -16,6 +14,7 @@ from dispatch.results import RunResult
 from dispatch.slurm import SlurmJob, estimate_start, query, together
 
 from ..conftest import Testbed
+from ..support.remote import until
 
 
 def _env(testbed: Testbed, key: str, default: str) -> str:
@@ -47,16 +46,6 @@ async def _sbatch(testbed: Testbed, *args: str) -> int:
     return int(res.stdout.strip().split(";")[0])
 
 
-async def _until(what: str, check, seconds: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.5)
-
-
 @pytest.fixture
 async def cpu_hog(testbed: Testbed) -> AsyncIterator[int]:
     """A CPU-only job holding every CPU of the first GPU node (2-minute limit), running."""
@@ -69,7 +58,7 @@ async def cpu_hog(testbed: Testbed) -> AsyncIterator[int]:
         async def running() -> bool:
             st = await query.status(job, testbed.slurm)
             return st.job is not None and st.job.is_running
-        await _until(f"job {job} to run on {node}", running, 90)
+        await until(running, 90, every=0.5, what=f"job {job} to run on {node}")
         yield job
     finally:
         await query.cancel(job, testbed.slurm)
@@ -127,7 +116,7 @@ async def test_cpu_hog_hides_the_nodes_gpus_and_estimates_a_later_start(
             # (reason "None" until the scheduler has looked at the job)
             ready = e.start is not None and e.reason is not None and e.reason.code != "None"
             return e if ready else None
-        pending = await _until("squeue's start estimate and reason", estimated, 30)
+        pending = await until(estimated, 30, every=0.5, what="squeue's start estimate and reason")
         assert pending.job_id == queued and pending.state == "PENDING"
         assert pending.reason.code in ("Resources", "Priority")
         assert pending.reason.known and pending.reason.remedy
@@ -155,7 +144,7 @@ async def test_held_and_dependent_jobs_are_explained(testbed: Testbed) -> None:
         async def dependency():  # type: ignore[no-untyped-def]
             e = await estimate_start(dep, testbed.slurm)
             return e if e.reason is not None and e.reason.code == "Dependency" else None
-        e = await _until("reason Dependency", dependency, 30)
+        e = await until(dependency, 30, every=0.5, what="reason Dependency")
         assert "--dependency" in e.reason.meaning
     finally:
         await query.cancel(dep, testbed.slurm)

@@ -110,23 +110,21 @@ async def test_cut_connection_submits_exactly_once(
             await query.cancel(job_id, testbed.slurm)
 
 
-async def test_find_token_sees_the_comment(testbed: Testbed) -> None:
-    token = uuid.uuid4().hex[:16]
+async def _held_job(testbed: Testbed, comment: str) -> int:
     out = await run(
-        ["sbatch", "--parsable", f"--comment=dispatch:{token}", "--output=/dev/null",
+        ["sbatch", "--parsable", f"--comment={comment}", "--output=/dev/null",
          "--hold", "--wrap", "true"],
         testbed.slurm,
     )
     assert out.ok, out.stderr
-    job_id = int(out.stdout.strip().split(";")[0])
+    return int(out.stdout.strip().split(";")[0])
+
+
+async def test_find_token_sees_the_comment(testbed: Testbed) -> None:
+    token = uuid.uuid4().hex[:16]
+    job_id = await _held_job(testbed, f"dispatch:{token}")
     # a successor resubmitted in its place carries the token too, with its restart count
-    succ = await run(
-        ["sbatch", "--parsable", f"--comment=dispatch:{token}/1", "--output=/dev/null",
-         "--hold", "--wrap", "true"],
-        testbed.slurm,
-    )
-    assert succ.ok, succ.stderr
-    succ_id = int(succ.stdout.strip().split(";")[0])
+    succ_id = await _held_job(testbed, f"dispatch:{token}/1")
     try:
         ids, answered = await submit_mod.find_token(token, testbed.slurm)
         assert answered and ids == [job_id]  # what submit created, not its successor

@@ -26,6 +26,7 @@ from dispatch.ssh.commands import run
 
 from ..conftest import Testbed
 from ..support.local import commit_tree
+from ..support.remote import until
 
 POLL = 0.5
 # the submission module itself, for its helpers
@@ -51,17 +52,6 @@ async def _cat(host: str, path: str) -> str:
     result = await run(["cat", path], host)
     assert result.ok, result.stderr
     return result.stdout
-
-
-async def _until(cond, timeout: float = 30.0, every: float = 0.3):  # type: ignore[no-untyped-def]
-    """Poll an async condition until it returns something truthy (or fail at the deadline)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await cond()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(every)
 
 
 def _job(testbed: Testbed, remote_dir: str, name: str, command: str, **kw: object) -> SlurmJob:
@@ -203,7 +193,7 @@ async def test_gpu_job_sees_devices_and_available_gpus_drop(
             assert gres is not None and gres.configured == per_node
             return gres.allocated >= 2 and free.get(node, 0) == per_node - gres.allocated
 
-        await _until(dropped)
+        await until(dropped)
     finally:
         await run(["touch", flag], testbed.slurm)
     info = await wait(result.job_id, testbed.slurm, poll_interval=POLL, timeout=60)
@@ -560,7 +550,7 @@ async def test_fifty_concurrent_waits_share_one_squeue_call_per_interval(testbed
     async def stopped() -> bool:
         return stats.active_pollers == 0
 
-    await _until(stopped, timeout=5, every=0.05)  # no waiters left: the poller task ends
+    await until(stopped, timeout=5, every=0.05)  # no waiters left: the poller task ends
 
 
 async def test_cancelling_a_wait_stops_the_poller(testbed: Testbed, remote_dir: str) -> None:
@@ -574,7 +564,7 @@ async def test_cancelling_a_wait_stops_the_poller(testbed: Testbed, remote_dir: 
     async def polled() -> bool:
         return stats.squeue_calls >= before + 2
 
-    await _until(polled, timeout=15, every=0.05)
+    await until(polled, timeout=15, every=0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -582,7 +572,7 @@ async def test_cancelling_a_wait_stops_the_poller(testbed: Testbed, remote_dir: 
     async def stopped() -> bool:
         return stats.active_pollers == 0
 
-    await _until(stopped, timeout=5, every=0.05)
+    await until(stopped, timeout=5, every=0.05)
     settled = stats.squeue_calls
     await asyncio.sleep(0.6)  # three would-be intervals: nothing may poll any more
     assert stats.squeue_calls == settled

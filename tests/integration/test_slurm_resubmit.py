@@ -12,8 +12,6 @@ The successor is found by its token (squeue/sacct comments) and waited on by its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 
@@ -26,25 +24,13 @@ from dispatch.ssh import run
 
 from ..conftest import Testbed
 from ..support.checkpoint import CHECKPOINTING, cpu_partition, payload_lines
+from ..support.remote import until
 from .test_slurm_jobs import remote_dir  # noqa: F401  (fixture)
 
 POLL = 0.5
-T = TypeVar("T")
 
 #: Job states after which sacct's record of a job no longer changes.
 _LIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "CONFIGURING", "")
-
-
-async def _until(what: str, probe: Callable[[], Awaitable[T | None]], timeout: float) -> T:
-    """Poll ``probe`` until it returns something other than None; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        assert loop.time() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(POLL)
 
 
 async def _token(host: str, job_id: int) -> str:
@@ -83,7 +69,7 @@ async def _successor(host: str, token: str, old: int) -> int:
         ids = await _token_jobs(host, token)
         return ids if ids is not None and len(ids) > 1 else None
 
-    ids = await _until(f"a job other than {old} with token {token}", probe, 180)
+    ids = await until(probe, 180, every=POLL, what=f"a job other than {old} with token {token}")
     assert old in ids and len(ids) == 2, ids  # submitted again exactly once
     return next(i for i in ids if i != old)
 
@@ -95,7 +81,7 @@ async def _final_state(host: str, job_id: int) -> str:
         state = r.stdout.strip().split("\n")[0].split(" ")[0] if r.ok else ""
         return None if state in _LIVE else state
 
-    return await _until(f"job {job_id} ending", probe, 120)
+    return await until(probe, 120, every=POLL, what=f"job {job_id} ending")
 
 
 async def _comment(host: str, job_id: int) -> str:
@@ -155,8 +141,8 @@ async def test_preempted_job_is_cancelled_and_resubmitted_with_its_token(
         refused = await run(["scontrol", "requeue", str(old)], host)
         assert not refused.ok and "disabled" in refused.stderr, refused
         # The command has set its trap (a signal before that would just kill it).
-        await _until("the command starting",
-                     lambda: _ready(host, out_path, "started"), 120)
+        await until(lambda: _ready(host, out_path, "started"), 120, every=POLL,
+                    what="the command starting")
         st = await run(["squeue", "-h", "-j", str(old), "-o", "%N"], host)
         slurm_node = st.stdout.strip()
         assert slurm_node, st.stderr

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from ..conftest import Testbed
 
-__all__ = ["fd_count", "poll_until", "rss_kib", "scratch_dir", "ssh_out"]
+__all__ = ["fd_count", "poll_until", "rss_kib", "scratch_dir", "ssh_out", "until"]
+
+T = TypeVar("T")
 
 
 def ssh_out(testbed: Testbed, host: str, argv: list[str], timeout: float = 30) -> str:
@@ -51,6 +55,25 @@ def poll_until(cond: Callable[[], bool], timeout: float, interval: float = 0.05)
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+async def until(
+    cond: Callable[[], Awaitable[T | None]],
+    timeout: float = 30.0,
+    *,
+    every: float = 0.3,
+    what: str = "the condition",
+) -> T:
+    """Poll the async ``cond`` until it returns something truthy and return that; at the
+    deadline fail, naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await cond()
+        if value:
+            return value
+        assert loop.time() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(every)
 
 
 def fd_count() -> int:
