@@ -328,6 +328,14 @@ def test_queue_status_cancel_wait(testbed: Testbed) -> None:
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["job"]["state"] in ("PENDING", "RUNNING", "CONFIGURING")
         assert json.loads(status.stdout)["job_id"] == job
+        # requeued once (cancelled, then requeued by hand): the text status counts it
+        again = cli("run", testbed.slurm, "--", f"scancel {job} && scontrol requeue {job}")
+        assert again.returncode == 0, again.stderr
+        text = cli("status", testbed.slurm, str(job))
+        assert text.returncode == 0, text.stderr
+        assert ["restarts", "1"] in [ln.split() for ln in text.stdout.splitlines()], text.stdout
+        assert json.loads(cli("--json", "status", testbed.slurm, str(job)).stdout)["job"][
+            "restarts"] == 1
     finally:
         cancel = cli("--json", "cancel", testbed.slurm, str(job))
     assert cancel.returncode == 0, cancel.stderr

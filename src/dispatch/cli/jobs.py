@@ -128,6 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if job is not None:
         fields: list[tuple[str, object]] = [
             ("job", job.job_id), ("name", job.name), ("state", job.state),
+            ("restarts", job.restarts),
             ("partition", job.partition), ("user", job.user), ("time", job.time_elapsed),
             ("nodes", job.nodes), ("nodelist", job.nodelist),
         ]  # fmt: skip
