@@ -63,13 +63,23 @@ async def _token_jobs(host: str, token: str) -> list[int] | None:
     return sorted(ids)
 
 
-async def _successor(host: str, token: str, old: int) -> int:
+async def _successor(host: str, token: str, old: int, out_path: str) -> int:
     """The id of the one other job with the same token (waits until it appears)."""
     async def probe() -> list[int] | None:
         ids = await _token_jobs(host, token)
         return ids if ids is not None and len(ids) > 1 else None
 
-    ids = await until(probe, 180, every=POLL, what=f"a job other than {old} with token {token}")
+    try:
+        ids = await until(probe, 180, every=POLL,
+                          what=f"a job other than {old} with token {token}")
+    except AssertionError as exc:  # what the bootstrap said, and what Slurm knows
+        job = await run(["scontrol", "--oneliner", "show", "job", str(old)], host)
+        acct = await run(["sacct", "-n", "-P", "-j", str(old),
+                          "--format=JobID,State,ExitCode,Comment"], host)
+        raise AssertionError(
+            f"{exc}\n--- {out_path}:\n{await _output(host, out_path)}"
+            f"--- scontrol:\n{job.stdout}{job.stderr}--- sacct:\n{acct.stdout}{acct.stderr}"
+        ) from None
     assert old in ids and len(ids) == 2, ids  # submitted again exactly once
     return next(i for i in ids if i != old)
 
@@ -155,7 +165,7 @@ async def test_preempted_job_is_cancelled_and_resubmitted_with_its_token(
         assert pre.ok, pre.stderr
         preempting.append(pre.stdout.strip().split(";")[0])
 
-        new = await _successor(host, token, old)
+        new = await _successor(host, token, old, out_path)
         # Its comment carries the restart before it, so its own status counts it.
         st_new = await status(new, host)
         assert st_new.job is not None and st_new.job.restarts == 1, st_new
@@ -217,7 +227,7 @@ async def test_array_element_at_its_time_limit_resubmits_only_itself(
         assert listed.ok and wrapper.endswith(".sh"), listed
         gone = await run(["rm", "--", wrapper], host)
         assert gone.ok, gone.stderr
-        new = await _successor(host, token, old)
+        new = await _successor(host, token, old, out_path)
         st_new = await status(f"{new}_3", host)
         assert st_new.job is not None and st_new.job.restarts == 1, st_new
         # The first run checkpointed, resubmitted and cancelled itself before its limit:

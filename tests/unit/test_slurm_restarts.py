@@ -152,6 +152,36 @@ def test_restart_block_restarts_on_sigterm_only_when_preempted(
         assert "not preempted): not restarting" in proc.stderr
 
 
+@pytest.mark.parametrize(("shown", "restarts"), [
+    ("JobState=RUNNING Reason=None PreemptTime=None", False),  # the command just ended
+    ("JobState=RUNNING Reason=None PreemptTime=2026-12-01T16:07:31", True),  # preempted
+])
+def test_a_command_that_ended_before_the_shell_saw_a_signal_restarts_if_preempted(
+    shown: str, restarts: bool, tmp_path: pathlib.Path
+) -> None:
+    """Slurm signals a step's processes one by one: the command may checkpoint and exit on
+    the preemption's SIGTERM before the restart shell gets its own. Then the shell asks
+    scontrol once whether the job is being preempted."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    (bindir / "scontrol").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'[ "$2" = show ] && echo "JobId=1 JobName=x {shown} SuspendTime=None"\nexit 0\n')
+    (bindir / "scontrol").chmod(0o755)
+    block = restart_command("echo checkpointed", "USR1", 2)  # no signal reaches the shell
+    script = "\n".join(['dispatch_log() { printf "%s\\n" "$*" >&2; }',
+                        f"DISPATCH_WORK_DIR={tmp_path}", block])
+    proc = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
+        env={"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"},
+    )
+    assert proc.returncode == 0 and proc.stdout == "checkpointed\n", proc.stderr
+    shows = ["--oneliner show job 1"] * (2 if restarts else 1)
+    assert calls.read_text().splitlines() == shows + (["requeue 1"] if restarts else [])
+    assert ("got SIGTERM: restart 1 of 2" in proc.stderr) is restarts, proc.stderr
+
+
 # --- restart_by: "requeue" (Slurm requeues) or "resubmit" (a new job, the same token) ---
 
 

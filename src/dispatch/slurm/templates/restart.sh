@@ -124,6 +124,12 @@ dispatch_resubmit() {
     scancel "${self:-$SLURM_JOB_ID}" || dispatch_log "could not cancel job ${self:-$SLURM_JOB_ID}"
     return 0
 }
+# Slurm signals a step's processes one by one: the command may have checkpointed and
+# exited on the preemption's SIGTERM before this shell got its own. Ask once.
+if [ -z "$dispatch_signalled" ] && [ "${SLURM_PROCID:-0}" = 0 ] \
+        && [ "$DISPATCH_RESTART" -lt "$DISPATCH_MAX_RESTARTS" ] && dispatch_preempted; then
+    dispatch_signalled=TERM
+fi
 if [ "$dispatch_signalled" = TERM ] && [ "$DISPATCH_CHECKPOINT_SIGNAL" != TERM ] \
         && ! dispatch_preempted; then
     dispatch_log "got SIGTERM (cancelled or out of time, not preempted): not restarting"
