@@ -118,6 +118,27 @@ def test_restart_block_runs_the_command_and_keeps_its_status(tmp_path: pathlib.P
     assert proc.stdout == "restart=0 max=2\n"
 
 
+def _restart_shell(
+    tmp_path: pathlib.Path, shown: str, command: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the restart block around ``command`` with a stand-in scontrol that shows the
+    job's record as ``shown``; the process and the scontrol calls it made."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    (bindir / "scontrol").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'[ "$2" = show ] && echo "JobId=1 JobName=x {shown} SuspendTime=None"\nexit 0\n')
+    (bindir / "scontrol").chmod(0o755)
+    script = "\n".join(['dispatch_log() { printf "%s\\n" "$*" >&2; }',
+                        f"DISPATCH_WORK_DIR={tmp_path}", restart_command(command, "USR1", 2)])
+    proc = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
+        env={"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"},
+    )
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
 @pytest.mark.parametrize(("shown", "restarts"), [
     ("JobState=CANCELLED Reason=None PreemptTime=None", False),  # scancel
     ("JobState=TIMEOUT Reason=TimeLimit PreemptTime=None", False),  # out of time
@@ -128,24 +149,12 @@ def test_restart_block_restarts_on_sigterm_only_when_preempted(
     shown: str, restarts: bool, tmp_path: pathlib.Path
 ) -> None:
     """The decision after a SIGTERM, with a stand-in scontrol showing the job's record."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "calls"
-    (bindir / "scontrol").write_text(
-        f'#!/bin/sh\necho "$*" >> {calls}\n'
-        f'[ "$2" = show ] && echo "JobId=1 JobName=x {shown} SuspendTime=None"\nexit 0\n')
-    (bindir / "scontrol").chmod(0o755)
     # The command gets no signal here (only the restart shell does) and ends by itself.
-    block = restart_command("kill -TERM $PPID; sleep 1 & wait $!; echo ended", "USR1", 2)
-    script = "\n".join(['dispatch_log() { printf "%s\\n" "$*" >&2; }',
-                        f"DISPATCH_WORK_DIR={tmp_path}", block])
-    proc = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
-        env={"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"},
-    )
+    proc, calls = _restart_shell(
+        tmp_path, shown, "kill -TERM $PPID; sleep 1 & wait $!; echo ended")
     assert proc.returncode == 0 and proc.stdout == "ended\n", proc.stderr
     expected = ["--oneliner show job 1"] + (["requeue 1"] if restarts else [])
-    assert calls.read_text().splitlines() == expected
+    assert calls == expected
     if restarts:
         assert "got SIGTERM: restart 1 of 2" in proc.stderr
     else:
@@ -162,23 +171,10 @@ def test_a_command_that_ended_before_the_shell_saw_a_signal_restarts_if_preempte
     """Slurm signals a step's processes one by one: the command may checkpoint and exit on
     the preemption's SIGTERM before the restart shell gets its own. Then the shell asks
     scontrol once whether the job is being preempted."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "calls"
-    (bindir / "scontrol").write_text(
-        f'#!/bin/sh\necho "$*" >> {calls}\n'
-        f'[ "$2" = show ] && echo "JobId=1 JobName=x {shown} SuspendTime=None"\nexit 0\n')
-    (bindir / "scontrol").chmod(0o755)
-    block = restart_command("echo checkpointed", "USR1", 2)  # no signal reaches the shell
-    script = "\n".join(['dispatch_log() { printf "%s\\n" "$*" >&2; }',
-                        f"DISPATCH_WORK_DIR={tmp_path}", block])
-    proc = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
-        env={"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"},
-    )
+    proc, calls = _restart_shell(tmp_path, shown, "echo checkpointed")  # no signal to the shell
     assert proc.returncode == 0 and proc.stdout == "checkpointed\n", proc.stderr
     shows = ["--oneliner show job 1"] * (2 if restarts else 1)
-    assert calls.read_text().splitlines() == shows + (["requeue 1"] if restarts else [])
+    assert calls == shows + (["requeue 1"] if restarts else [])
     assert ("got SIGTERM: restart 1 of 2" in proc.stderr) is restarts, proc.stderr
 
 
